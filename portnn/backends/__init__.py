@@ -1,0 +1,167 @@
+"""Backend registry: the only place in portnn that knows array libraries by name.
+
+    >>> from portnn.backends import get_backend
+    >>> be = get_backend("numpy")          # or "cupy", "torch", "array_api_strict"
+    >>> x = be.asarray([[1.0, 2.0]], dtype="float32")
+    >>> be.to_numpy(x * 2)
+    array([[2., 4.]], dtype=float32)
+
+A name may carry a device after a colon: "cupy:1", "torch:cuda",
+"array_api_strict:device1".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import array_api_compat as aac
+
+from ._base import Backend, BackendError, dtype_name
+from . import numpy_backend, strict_backend, torch_backend, cupy_backend
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "available_backends",
+    "namespace",
+    "backend_of",
+    "dtype_name",
+]
+
+_MODULES = {
+    m.NAME: m for m in (numpy_backend, cupy_backend, torch_backend, strict_backend)
+}
+BACKEND_NAMES = tuple(_MODULES)
+
+_state = threading.local()
+_cache: dict = {}
+
+
+def _split(spec: str):
+    name, _, dev = spec.partition(":")
+    return name, (dev or None)
+
+
+def get_backend(name=None) -> Backend:
+    """Backend for ``name`` ("numpy", "cupy", "torch", "array_api_strict", optionally
+    ":device"); None means the current default (set_backend / use_backend, else
+    $PORTNN_BACKEND, else "numpy"). A Backend passes through unchanged.
+
+    Raises BackendError saying why the backend cannot be used and listing the
+    ones that can.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = getattr(_state, "default", None) or os.environ.get("PORTNN_BACKEND") or "numpy"
+        if isinstance(name, Backend):
+            return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a backend name (str) or Backend, got {name!r}")
+    if name in _cache:
+        return _cache[name]
+    base, dev = _split(name)
+    if base not in _MODULES:
+        raise BackendError(
+            f"backend: unknown backend {base!r}; known: {list(BACKEND_NAMES)}, "
+            f"available here: {available_backends()}"
+        )
+    try:
+        be = _MODULES[base].make(dev)
+    except BackendError as e:
+        raise BackendError(f"{e}. Available here: {available_backends()}") from None
+    _cache[name] = be
+    return be
+
+
+def set_backend(name) -> None:
+    """Make ``name`` the default backend (for this thread)."""
+    if name is not None:
+        get_backend(name)  # fail now, with the reason, rather than at first use
+    _state.default = name
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: ``with use_backend("torch"): ...`` temporarily changes the default."""
+    get_backend(name)  # fail early with the reason
+    old = getattr(_state, "default", None)
+    _state.default = name
+    try:
+        yield get_backend(name)
+    finally:
+        _state.default = old
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that actually work on this machine (cupy needs a GPU)."""
+    out = []
+    for n, mod in _MODULES.items():
+        try:
+            mod.make(None)
+        except BackendError:
+            continue
+        out.append(n)
+    return out
+
+
+def namespace(*arrays):
+    """The Array API namespace shared by ``arrays`` (None entries and Python scalars skipped).
+
+    Raises TypeError when arrays of two libraries are mixed and ValueError when
+    arrays live on two devices, naming both.
+    """
+    arrs = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
+    if not arrs:
+        raise TypeError("namespace: no arrays given")
+    try:
+        xp = aac.array_namespace(*arrs)
+    except TypeError as e:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrs})
+        raise TypeError(
+            f"arrays of different backends in one call: {kinds}; move them to one backend "
+            f"with Backend.asarray / Backend.to_numpy ({e})"
+        ) from None
+    d0 = aac.device(arrs[0])
+    for a in arrs[1:]:
+        d = aac.device(a)
+        if d != d0:
+            raise ValueError(
+                f"arrays on different devices in one call: {d0} and {d}; move them to one "
+                f"device first"
+            )
+    return xp
+
+
+def backend_of(x) -> Backend:
+    """The Backend (library + device) that owns array ``x``."""
+    for cand in _candidate_names(x):
+        try:
+            be = get_backend(cand)
+        except BackendError:
+            continue
+        if be.is_array(x):
+            dev = aac.device(x)
+            if dev == be.device:
+                return be
+            return _with_device(be, dev)
+    raise TypeError(f"not an array of a known backend: {type(x).__module__}.{type(x).__name__}")
+
+
+def _candidate_names(x):
+    mod = type(x).__module__.split(".")[0]
+    guess = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "array_api_strict": "array_api_strict"}
+    first = guess.get(mod)
+    return ([first] if first else []) + [n for n in BACKEND_NAMES if n != first]
+
+
+def _with_device(be: Backend, dev) -> Backend:
+    key = (be.name, str(dev))
+    if key not in _cache:
+        _cache[key] = Backend(be.name, be.xp, dev, be._host_copy, be._is_array)
+    return _cache[key]

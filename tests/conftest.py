@@ -1,0 +1,84 @@
+"""The backend fixture every layer/model/optimizer test runs on.
+
+Parametrised over numpy, array_api_strict (default device AND the fake "device1",
+which behaves like a GPU: mixing devices or converting to NumPy implicitly
+raises), torch (CPU) and cupy. A backend that cannot run here is reported as
+SKIPPED with the reason (e.g. "cupy: no GPU visible"), never silently dropped.
+Narrow the set with PORTNN_TEST_BACKENDS=numpy,torch.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from portnn.backends import BackendError, get_backend
+
+BACKEND_SPECS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy"]
+
+
+def _reason_unavailable(spec):
+    try:
+        get_backend(spec)
+    except BackendError as e:
+        return str(e).split(". Available here")[0]
+    wanted = os.environ.get("PORTNN_TEST_BACKENDS")
+    if wanted and spec.split(":")[0] not in wanted.split(",") and spec not in wanted.split(","):
+        return f"{spec}: not in PORTNN_TEST_BACKENDS={wanted}"
+    return None
+
+
+def _params():
+    out = []
+    for spec in BACKEND_SPECS:
+        reason = _reason_unavailable(spec)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        if spec.startswith("cupy"):
+            marks.append(pytest.mark.gpu)
+        out.append(pytest.param(spec, marks=marks, id=spec.replace(":", "-")))
+    return out
+
+
+@pytest.fixture(params=_params())
+def backend(request):
+    """A portnn Backend (library + device) to run the test on."""
+    return get_backend(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (cupy)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    # TF32 would make float32 GPU matmuls disagree with NumPy at 1e-3.
+    os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many tests ran per backend, so every leg's coverage is visible."""
+    counts = {}
+    for status in ("passed", "failed", "skipped", "error"):
+        for rep in terminalreporter.stats.get(status, []):
+            nodeid = getattr(rep, "nodeid", "")
+            for spec in BACKEND_SPECS:
+                tag = "[" + spec.replace(":", "-")
+                if tag + "]" in nodeid or tag + "-" in nodeid:
+                    if spec == "array_api_strict" and "array_api_strict-device1" in nodeid:
+                        continue
+                    counts.setdefault(spec, {}).setdefault(status, 0)
+                    counts[spec][status] += 1
+    if counts:
+        terminalreporter.section("tests per backend")
+        for spec in BACKEND_SPECS:
+            c = counts.get(spec, {})
+            line = ", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"
+            terminalreporter.write_line(f"{spec:28s} {line}")
+        skipped_reasons = set()
+        for rep in terminalreporter.stats.get("skipped", []):
+            if "cupy" in getattr(rep, "nodeid", "") and isinstance(rep.longrepr, tuple):
+                skipped_reasons.add(rep.longrepr[2])
+        for r in sorted(skipped_reasons):
+            terminalreporter.write_line(f"  cupy skipped because: {r}")

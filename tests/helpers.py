@@ -1,0 +1,37 @@
+"""Shared test utilities: host conversion, namespace/device assertions, tolerances."""
+
+import numpy as np
+import array_api_compat as aac
+
+from portnn.backends import get_backend
+
+TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
+
+
+def to_np(x, backend=None):
+    """Any backend array (or scalar) -> NumPy on the host."""
+    if isinstance(x, (float, int, np.ndarray, np.generic)):
+        return np.asarray(x)
+    from portnn.backends import backend_of
+
+    return backend_of(x).to_numpy(x)
+
+
+def assert_on_backend(x, backend):
+    """x must be an array of ``backend``'s library AND on its device."""
+    assert backend.is_array(x), f"expected a {backend.name} array, got {type(x)}"
+    assert aac.device(x) == backend.device, f"expected device {backend.device}, got {aac.device(x)}"
+
+
+def put(backend, *arrays, dtype="float64"):
+    """Host arrays -> backend arrays (floats in dtype, integers as int64)."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        out.append(backend.asarray(a, dtype=dtype if a.dtype.kind == "f" else None))
+    return out if len(out) != 1 else out[0]
+
+
+def rel_error(x, y):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
