@@ -35,3 +35,25 @@ def put(backend, *arrays, dtype="float64"):
 def rel_error(x, y):
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+
+
+def numeric_grad(f, x, df=None, h=1e-6):
+    """Central-difference gradient of sum(f(x) * df) w.r.t. host float64 array x.
+
+    f maps a host NumPy array to a host NumPy array (or float); tests wrap a
+    backend layer as ``lambda a: to_np(layer(backend.asarray(a)))``.
+    """
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + h
+        fp = np.asarray(f(x.copy()), dtype=np.float64)
+        x[i] = old - h
+        fm = np.asarray(f(x.copy()), dtype=np.float64)
+        x[i] = old
+        diff = fp - fm
+        grad[i] = np.sum(diff * (1.0 if df is None else df)) / (2 * h)
+    return grad

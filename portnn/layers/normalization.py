@@ -1,0 +1,244 @@
+"""Batch, layer, spatial-batch and group normalisation on ONE shared core.
+
+Every normaliser is the same two steps:
+  1. ``_normalize``: standardise x over some axes (the "statistics axes"):
+     xhat = (x - mean) / sqrt(var + eps), var biased (correction=0);
+  2. ``_scale_shift``: out = gamma * xhat + beta, gamma/beta broadcast over the
+     "parameter axes".
+The four layers only differ in which axes those are (and in a reshape for
+group norm), so the forward and backward maths exist once, below.
+
+| layer              | x            | statistics over        | gamma/beta    |
+|--------------------|--------------|------------------------|---------------|
+| batchnorm          | (N, D)       | N                      | (D,)          |
+| layernorm          | (N, D)       | D                      | (D,)          |
+| spatial batchnorm  | (N, C, H, W) | N, H, W                | (C,)          |
+| spatial groupnorm  | (N, C, H, W) | C/G channels, H, W     | (1, C, 1, 1)  |
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat as aac
+
+from ..backends import namespace
+from .._checks import check_float_array, check_float_in, check_same_dtype
+
+# --------------------------------------------------------------------------- core
+
+
+def _normalize(xp, x, axes, eps):
+    """x -> (xhat, mean, var, inv_std); the statistics keep dims for broadcasting."""
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    var = xp.mean(centered * centered, axis=axes, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    return centered * inv_std, mean, var, inv_std
+
+
+def _normalize_backward(xp, dxhat, xhat, inv_std, axes):
+    """Gradient through xhat = (x - mean(x)) * inv_std(x), statistics over ``axes``.
+
+    dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    (the closed form: the mean and variance paths folded into two reductions).
+    """
+    return inv_std * (
+        dxhat
+        - xp.mean(dxhat, axis=axes, keepdims=True)
+        - xhat * xp.mean(dxhat * xhat, axis=axes, keepdims=True)
+    )
+
+
+def _scale_shift_backward(xp, dout, xhat, gamma_b, param_axes):
+    """Gradients of out = gamma_b * xhat + beta_b: (dxhat, dgamma, dbeta), the last
+    two summed over ``param_axes`` with dims kept (callers reshape to their shape)."""
+    dgamma = xp.sum(dout * xhat, axis=param_axes, keepdims=True)
+    dbeta = xp.sum(dout, axis=param_axes, keepdims=True)
+    return dout * gamma_b, dgamma, dbeta
+
+
+def _check_params(xp, x, gamma, beta, expected_shape, what):
+    check_float_array(xp, gamma, "gamma")
+    check_float_array(xp, beta, "beta")
+    for name, p in (("gamma", gamma), ("beta", beta)):
+        if tuple(p.shape) != expected_shape:
+            raise ValueError(
+                f"{name}: expected shape {expected_shape} ({what} of x with shape "
+                f"{tuple(x.shape)}), got {tuple(p.shape)}"
+            )
+        check_same_dtype("x", x, name, p)
+
+
+def _eps(param):
+    return check_float_in(param.get("eps", 1e-5), "eps", 0.0, math.inf, lo_open=True)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def _batchnorm_forward(x, gamma, beta, bn_param, stat_axes, bshape):
+    """Shared batchnorm body: x normalised over stat_axes with per-feature running stats.
+
+    bshape is the broadcast shape of one feature vector, e.g. (1, D) or (1, C, 1, 1).
+    """
+    xp = namespace(x, gamma, beta)
+    mode = bn_param.get("mode")
+    if mode not in ("train", "test"):
+        raise ValueError(f"bn_param['mode']: expected 'train' or 'test', got {mode!r}")
+    eps = _eps(bn_param)
+    momentum = check_float_in(bn_param.get("momentum", 0.9), "momentum", 0.0, 1.0)
+    nfeat = math.prod(bshape)
+    dev = aac.device(x)
+    running_mean = bn_param.get("running_mean")
+    running_var = bn_param.get("running_var")
+    if running_mean is None:
+        running_mean = xp.zeros((nfeat,), dtype=x.dtype, device=dev)
+    if running_var is None:
+        running_var = xp.zeros((nfeat,), dtype=x.dtype, device=dev)
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if tuple(r.shape) != (nfeat,):
+            raise ValueError(f"bn_param['{name}']: expected shape ({nfeat},), got {tuple(r.shape)}")
+    namespace(x, running_mean, running_var)  # same backend and device, or a clear error
+    gamma_b = xp.reshape(gamma, bshape)
+    beta_b = xp.reshape(beta, bshape)
+
+    if mode == "train":
+        if math.prod(x.shape[i] for i in stat_axes) == 0:
+            raise ValueError(f"x: batchnorm in train mode needs a non-empty batch, got shape {tuple(x.shape)}")
+        xhat, mean, var, inv_std = _normalize(xp, x, stat_axes, eps)
+        running_mean = momentum * running_mean + (1.0 - momentum) * xp.reshape(mean, (nfeat,))
+        running_var = momentum * running_var + (1.0 - momentum) * xp.reshape(var, (nfeat,))
+    else:
+        inv_std = 1.0 / xp.sqrt(xp.reshape(running_var, bshape) + eps)
+        xhat = (x - xp.reshape(running_mean, bshape)) * inv_std
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    out = gamma_b * xhat + beta_b
+    return out, (mode, xhat, inv_std, gamma_b, stat_axes, gamma.shape)
+
+
+def _batchnorm_backward(dout, cache):
+    mode, xhat, inv_std, gamma_b, stat_axes, pshape = cache
+    xp = namespace(dout, xhat)
+    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, gamma_b, stat_axes)
+    if mode == "train":
+        dx = _normalize_backward(xp, dxhat, xhat, inv_std, stat_axes)
+    else:  # statistics are constants in test mode
+        dx = dxhat * inv_std
+    return dx, xp.reshape(dgamma, pshape), xp.reshape(dbeta, pshape)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalisation of (N, D) features.
+
+    Inputs
+      x : (N, D) float; gamma, beta : (D,) same dtype
+      bn_param : dict with 'mode' ('train' | 'test', required), 'eps' (1e-5),
+        'momentum' (0.9), 'running_mean' / 'running_var' ((D,), created as zeros
+        and stored back). Train mode uses batch statistics (biased variance) and
+        updates running = momentum * running + (1 - momentum) * batch; test mode
+        uses the running statistics.
+    Returns out : (N, D), cache
+    """
+    xp = namespace(x, gamma, beta)
+    check_float_array(xp, x, "x", ndim=2)
+    _check_params(xp, x, gamma, beta, (x.shape[1],), "one per feature")
+    return _batchnorm_forward(x, gamma, beta, bn_param, (0,), (1, x.shape[1]))
+
+
+def batchnorm_backward(dout, cache):
+    """Gradients of batchnorm_forward: dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,).
+
+    Uses the closed-form expression (two reductions), not a step-by-step graph.
+    """
+    return _batchnorm_backward(dout, cache)
+
+
+# The course API has a "graph" backward and a simplified "alt" one. portnn keeps
+# one implementation (DESIGN rule 2); both names compute the same closed form.
+batchnorm_backward_alt = batchnorm_backward
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalisation of (N, C, H, W) maps, statistics per channel over N, H, W.
+
+    gamma, beta : (C,); bn_param as in batchnorm_forward (running stats (C,)).
+    Returns out : (N, C, H, W), cache
+    """
+    xp = namespace(x, gamma, beta)
+    check_float_array(xp, x, "x", ndim=4)
+    _check_params(xp, x, gamma, beta, (x.shape[1],), "one per channel")
+    return _batchnorm_forward(x, gamma, beta, bn_param, (0, 2, 3), (1, x.shape[1], 1, 1))
+
+
+def spatial_batchnorm_backward(dout, cache):
+    """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    return _batchnorm_backward(dout, cache)
+
+
+# --------------------------------------------------------------------------- layer norm
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalisation: each sample's D features standardised on their own.
+
+    x : (N, D) float; gamma, beta : (D,); ln_param : dict, optional 'eps' (1e-5).
+    Same in train and test mode (no running statistics).
+    Returns out : (N, D), cache
+    """
+    xp = namespace(x, gamma, beta)
+    check_float_array(xp, x, "x", ndim=2)
+    _check_params(xp, x, gamma, beta, (x.shape[1],), "one per feature")
+    eps = _eps(ln_param or {})
+    xhat, _, _, inv_std = _normalize(xp, x, (1,), eps)
+    gamma_b = xp.reshape(gamma, (1, -1))
+    out = gamma_b * xhat + xp.reshape(beta, (1, -1))
+    return out, (xhat, inv_std, gamma_b)
+
+
+def layernorm_backward(dout, cache):
+    """dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,)."""
+    xhat, inv_std, gamma_b = cache
+    xp = namespace(dout, xhat)
+    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, gamma_b, (0,))
+    dx = _normalize_backward(xp, dxhat, xhat, inv_std, (1,))
+    return dx, xp.reshape(dgamma, (-1,)), xp.reshape(dbeta, (-1,))
+
+
+# --------------------------------------------------------------------------- group norm
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Group normalisation: each sample's C channels split into G groups, each group
+    standardised over its C/G channels and all H, W positions.
+
+    x : (N, C, H, W) float; gamma, beta : (1, C, 1, 1); G : int dividing C;
+    gn_param : dict, optional 'eps' (1e-5).
+    Returns out : (N, C, H, W), cache
+    """
+    xp = namespace(x, gamma, beta)
+    check_float_array(xp, x, "x", ndim=4)
+    n, c, h, w = x.shape
+    if isinstance(G, bool) or not isinstance(G, int) or G < 1 or c % G:
+        raise ValueError(f"G: expected a positive integer dividing C={c}, got {G!r}")
+    _check_params(xp, x, gamma, beta, (1, c, 1, 1), "one per channel")
+    eps = _eps(gn_param or {})
+    xg = xp.reshape(x, (n, G, (c // G) * h * w))
+    xhat_g, _, _, inv_std = _normalize(xp, xg, (2,), eps)
+    xhat = xp.reshape(xhat_g, x.shape)
+    out = gamma * xhat + beta
+    return out, (xhat, inv_std, gamma, G)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (1, C, 1, 1), dbeta (1, C, 1, 1)."""
+    xhat, inv_std, gamma, G = cache
+    xp = namespace(dout, xhat)
+    n = dout.shape[0]
+    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, gamma, (0, 2, 3))
+    grouped = (n, G, -1)
+    dx_g = _normalize_backward(
+        xp, xp.reshape(dxhat, grouped), xp.reshape(xhat, grouped), inv_std, (2,)
+    )
+    return xp.reshape(dx_g, dout.shape), dgamma, dbeta
