@@ -94,7 +94,7 @@ class Backend:
         else:
             dt = self.dtype_of(dtype)
             host = host.astype(_host_dtype(dt, self.xp))
-        return self.xp.asarray(np.ascontiguousarray(host), dtype=dt, device=self.device, copy=True)
+        return self.xp.asarray(np.require(host, requirements="C"), dtype=dt, device=self.device, copy=True)
 
     def dtype_of(self, dtype):
         """Backend dtype for float names/objects, or an integer/bool dtype of this backend."""

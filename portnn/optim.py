@@ -1,0 +1,281 @@
+"""First-order update rules, written once against the Python Array API standard.
+
+Every rule has the signature::
+
+    next_w, config = rule(w, dw, config=None)
+
+    w      : float array, any shape S, on any backend/device (float32 or float64)
+    dw     : float array of shape S, same backend, device and dtype as w
+    config : dict of hyper-parameters and state, or None for the defaults.
+             Missing keys are filled in with the defaults below; state arrays
+             (velocity / cache / m / v) are created lazily as zeros of w's shape,
+             dtype and device, and replaced by new arrays after each step.
+    next_w : a NEW array of shape S, dtype and device of w (w is never mutated)
+
+The returned ``config`` is the same dict object that was passed in (a new one if
+None was passed), updated with the defaults and the new state; feed it back on
+the next step for this parameter. Unknown keys are left alone, so one shared
+``optim_config`` can be copied for every rule.
+
+Hyper-parameters are Python floats (``float(config[key])``), so a float32
+parameter stays float32 on every backend. All arguments are validated before the
+config is touched: a call that raises leaves ``config`` exactly as it was.
+
+Defaults (as in the classic CS231n assignment):
+
+=============  =======================================================  ==========================
+rule           hyper-parameters                                          state
+=============  =======================================================  ==========================
+sgd            learning_rate=1e-2                                        -
+sgd_momentum   learning_rate=1e-2, momentum=0.9                          velocity
+rmsprop        learning_rate=1e-2, decay_rate=0.99, epsilon=1e-8         cache
+adam           learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8  m, v, t (int step count)
+=============  =======================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import array_api_compat as aac
+
+from ._checks import check_same_dtype, check_shape, is_float_dtype, _dtype_str
+from .backends import namespace
+
+__all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "get_update_rule"]
+
+
+# -- validation (runs before anything is written to config) -------------------------------
+
+
+def _check_params(w, dw):
+    """w, dw: float arrays of one backend/device, same shape and dtype. Returns xp."""
+    for name, a in (("w", w), ("dw", dw)):
+        if not (hasattr(a, "shape") and hasattr(a, "dtype")) or isinstance(a, (int, float, bool)):
+            raise TypeError(f"{name}: expected an array, got {type(a).__module__}.{type(a).__name__}")
+    try:
+        xp = namespace(w, dw)  # TypeError for two libraries, ValueError for two devices
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"dw: expected an array of w's backend and device; {e}") from None
+    if not is_float_dtype(xp, w.dtype):
+        raise TypeError(f"w: expected a float32 or float64 array, got dtype {_dtype_str(w.dtype)}")
+    check_same_dtype("w", w, "dw", dw)
+    check_shape(dw, "dw", tuple(w.shape))
+    return xp
+
+
+def _check_config(config):
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict or None, got {type(config).__name__}")
+    return config
+
+
+def _real(config, key, default):
+    value = config.get(key, default)
+    if isinstance(value, bool):
+        raise TypeError(f"config[{key!r}]: expected a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"config[{key!r}]: expected a real number, got {value!r}") from None
+
+
+def _learning_rate(config, default):
+    v = _real(config, "learning_rate", default)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(
+            f"config['learning_rate']: expected a finite number >= 0, got {config.get('learning_rate')!r}"
+        )
+    return v
+
+
+def _unit_interval(config, key, default):
+    """A decay-like coefficient in [0, 1)."""
+    v = _real(config, key, default)
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"config[{key!r}]: expected a value in [0, 1), got {config.get(key)!r}")
+    return v
+
+
+def _epsilon(config, default):
+    v = _real(config, "epsilon", default)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"config['epsilon']: expected a finite number > 0, got {config.get('epsilon')!r}")
+    return v
+
+
+def _step_count(config):
+    t = config.get("t", 0)
+    try:
+        if isinstance(t, bool):
+            raise TypeError
+        t = operator.index(t)
+    except TypeError:
+        raise TypeError(f"config['t']: expected a non-negative integer step count, got {t!r}") from None
+    if t < 0:
+        raise ValueError(f"config['t']: expected a non-negative integer step count, got {t!r}")
+    return t
+
+
+def _state(xp, config, key, w):
+    """The existing state array config[key] (checked against w), or fresh zeros like w."""
+    s = config.get(key)
+    if s is None:
+        return xp.zeros(tuple(w.shape), dtype=w.dtype, device=aac.device(w))
+    if not (hasattr(s, "shape") and hasattr(s, "dtype")):
+        raise TypeError(f"config[{key!r}]: expected an array of w's shape or None, got {type(s).__name__}")
+    try:
+        namespace(w, s)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"config[{key!r}]: {e}") from None
+    if s.dtype != w.dtype:
+        raise TypeError(
+            f"config[{key!r}]: expected dtype {_dtype_str(w.dtype)} (the dtype of w), got {_dtype_str(s.dtype)}"
+        )
+    check_shape(s, f"config[{key!r}]", tuple(w.shape))
+    return s
+
+
+def _keep_0d(xp, w, *arrays):
+    """NumPy turns 0-d array arithmetic into NumPy scalars; keep 0-d results arrays."""
+    if w.ndim != 0:
+        return arrays
+    return tuple(xp.asarray(a, device=aac.device(w)) for a in arrays)
+
+
+# -- update rules ------------------------------------------------------------------------
+
+
+def sgd(w, dw, config=None):
+    """Vanilla stochastic gradient descent: ``next_w = w - learning_rate * dw``.
+
+    w, dw : float arrays of shape S (same backend, device, dtype)
+    config: learning_rate (float >= 0, default 1e-2)
+    Returns (next_w of shape S, config).
+    """
+    config = _check_config(config)
+    xp = _check_params(w, dw)
+    lr = _learning_rate(config, 1e-2)
+
+    (next_w,) = _keep_0d(xp, w, w - lr * dw)
+    config.setdefault("learning_rate", lr)
+    return next_w, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum.
+
+    ``v = momentum * v - learning_rate * dw;  next_w = w + v``
+
+    w, dw : float arrays of shape S (same backend, device, dtype)
+    config: learning_rate (default 1e-2), momentum in [0, 1) (default 0.9),
+            velocity (array of shape S, created as zeros)
+    Returns (next_w of shape S, config) with config["velocity"] the new v.
+    """
+    config = _check_config(config)
+    xp = _check_params(w, dw)
+    lr = _learning_rate(config, 1e-2)
+    mu = _unit_interval(config, "momentum", 0.9)
+    v = _state(xp, config, "velocity", w)
+
+    v = mu * v - lr * dw
+    next_w, v = _keep_0d(xp, w, w + v, v)
+    config.setdefault("learning_rate", lr)
+    config.setdefault("momentum", mu)
+    config["velocity"] = v
+    return next_w, config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp: a moving average of squared gradients scales each step.
+
+    ``cache = decay_rate * cache + (1 - decay_rate) * dw**2``
+    ``next_w = w - learning_rate * dw / (sqrt(cache) + epsilon)``
+
+    w, dw : float arrays of shape S (same backend, device, dtype)
+    config: learning_rate (default 1e-2), decay_rate in [0, 1) (default 0.99),
+            epsilon > 0 (default 1e-8), cache (array of shape S, created as zeros)
+    Returns (next_w of shape S, config) with config["cache"] the new cache.
+    """
+    config = _check_config(config)
+    xp = _check_params(w, dw)
+    lr = _learning_rate(config, 1e-2)
+    rho = _unit_interval(config, "decay_rate", 0.99)
+    eps = _epsilon(config, 1e-8)
+    cache = _state(xp, config, "cache", w)
+
+    cache = rho * cache + (1.0 - rho) * (dw * dw)
+    next_w = w - lr * dw / (xp.sqrt(cache) + eps)
+    next_w, cache = _keep_0d(xp, w, next_w, cache)
+    config.setdefault("learning_rate", lr)
+    config.setdefault("decay_rate", rho)
+    config.setdefault("epsilon", eps)
+    config["cache"] = cache
+    return next_w, config
+
+
+def adam(w, dw, config=None):
+    """Adam with bias correction (t is incremented before it is used).
+
+    ``t += 1``
+    ``m = beta1 * m + (1 - beta1) * dw;  v = beta2 * v + (1 - beta2) * dw**2``
+    ``next_w = w - learning_rate * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + epsilon)``
+
+    w, dw : float arrays of shape S (same backend, device, dtype)
+    config: learning_rate (default 1e-3), beta1 and beta2 in [0, 1) (defaults 0.9,
+            0.999), epsilon > 0 (default 1e-8), m and v (arrays of shape S,
+            created as zeros), t (int, number of steps taken, default 0)
+    Returns (next_w of shape S, config) with config["m"], ["v"], ["t"] updated.
+    """
+    config = _check_config(config)
+    xp = _check_params(w, dw)
+    lr = _learning_rate(config, 1e-3)
+    beta1 = _unit_interval(config, "beta1", 0.9)
+    beta2 = _unit_interval(config, "beta2", 0.999)
+    eps = _epsilon(config, 1e-8)
+    t = _step_count(config) + 1
+    m = _state(xp, config, "m", w)
+    v = _state(xp, config, "v", w)
+
+    m = beta1 * m + (1.0 - beta1) * dw
+    v = beta2 * v + (1.0 - beta2) * (dw * dw)
+    # Python-float corrections keep float32 arrays float32.
+    m_hat = m / (1.0 - beta1**t)
+    v_hat = v / (1.0 - beta2**t)
+    next_w = w - lr * m_hat / (xp.sqrt(v_hat) + eps)
+    next_w, m, v = _keep_0d(xp, w, next_w, m, v)
+    config.setdefault("learning_rate", lr)
+    config.setdefault("beta1", beta1)
+    config.setdefault("beta2", beta2)
+    config.setdefault("epsilon", eps)
+    config["m"] = m
+    config["v"] = v
+    config["t"] = t
+    return next_w, config
+
+
+UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
+
+
+def get_update_rule(name):
+    """The update rule called ``name`` (a key of UPDATE_RULES).
+
+    A callable is returned unchanged, so a custom rule with the same
+    ``(w, dw, config) -> (next_w, config)`` signature can be passed wherever a
+    name is accepted. An unknown name raises ValueError listing the known ones.
+    """
+    if callable(name):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(
+            f"update_rule: expected a rule name (str) or a callable, got {type(name).__name__}"
+        )
+    try:
+        return UPDATE_RULES[name]
+    except KeyError:
+        raise ValueError(
+            f"update_rule: unknown update rule {name!r}; known rules: {sorted(UPDATE_RULES)}"
+        ) from None
