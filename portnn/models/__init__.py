@@ -1,0 +1,7 @@
+"""Models: each keeps ``.params`` on its backend and computes ``loss(X, y=None)``."""
+
+from .base import Model
+from .cnn import ThreeLayerConvNet
+from .fc_net import FullyConnectedNet, TwoLayerNet
+
+__all__ = ["Model", "FullyConnectedNet", "TwoLayerNet", "ThreeLayerConvNet"]

@@ -1,0 +1,158 @@
+"""Fully connected networks: TwoLayerNet and FullyConnectedNet."""
+
+from __future__ import annotations
+
+from .. import layer_utils as lu
+from .. import layers as L
+from .._checks import check_float_in, check_positive_int
+from .base import Model
+
+_NORMALIZATIONS = {
+    None: (lu.affine_relu_forward, lu.affine_relu_backward),
+    "batchnorm": (lu.affine_bn_relu_forward, lu.affine_bn_relu_backward),
+    "layernorm": (lu.affine_ln_relu_forward, lu.affine_ln_relu_backward),
+}
+
+
+class FullyConnectedNet(Model):
+    """{affine - [batch/layer norm] - relu - [dropout]} x (L - 1) - affine - softmax.
+
+    Parameters (in ``.params``): W1..WL (D_in, D_out), b1..bL (D_out,), and
+    gamma1/beta1 .. gamma{L-1}/beta{L-1} (D_out,) when normalization is set.
+    ``dropout_keep_ratio`` is the probability of KEEPING a unit (1 = no dropout).
+    ``seed`` makes weight initialisation AND dropout masks deterministic and the
+    same on every backend. ``loss(X, y)``: X (N, input_dim) or (N, d1, ...).
+    """
+
+    def __init__(
+        self,
+        hidden_dims,
+        input_dim=3 * 32 * 32,
+        num_classes=10,
+        dropout_keep_ratio=1,
+        normalization=None,
+        reg=0.0,
+        weight_scale=1e-2,
+        dtype="float32",
+        seed=None,
+        backend=None,
+    ):
+        hidden_dims = list(hidden_dims)
+        for i, h in enumerate(hidden_dims):
+            check_positive_int(h, f"hidden_dims[{i}]")
+        check_positive_int(input_dim, "input_dim")
+        check_positive_int(num_classes, "num_classes")
+        if normalization not in _NORMALIZATIONS:
+            raise ValueError(
+                f"normalization: expected one of {list(_NORMALIZATIONS)}, got {normalization!r}"
+            )
+        keep = check_float_in(dropout_keep_ratio, "dropout_keep_ratio", 0.0, 1.0, lo_open=True)
+        check_float_in(weight_scale, "weight_scale", 0.0, float("inf"))
+        super().__init__(reg=reg, dtype=dtype, seed=seed, backend=backend)
+
+        self.normalization = normalization
+        self.use_dropout = keep != 1.0
+        self.dropout_keep_ratio = keep
+        self.num_layers = 1 + len(hidden_dims)
+        self.num_classes = num_classes
+        self.input_shape = (input_dim,)
+
+        dims = [input_dim] + hidden_dims + [num_classes]
+        for i in range(self.num_layers):
+            self._add_param(f"W{i + 1}", self._normal(weight_scale, (dims[i], dims[i + 1])))
+            self._add_constant(f"b{i + 1}", (dims[i + 1],), 0.0)
+            if normalization is not None and i < self.num_layers - 1:
+                self._add_constant(f"gamma{i + 1}", (dims[i + 1],), 1.0)
+                self._add_constant(f"beta{i + 1}", (dims[i + 1],), 0.0)
+        # One param dict per normalised layer; batchnorm keeps running stats in it.
+        self.bn_params = [{"mode": "train"} for _ in range(self.num_layers - 1)]
+
+    def _forward_backward(self, X, y):
+        mode = "test" if y is None else "train"
+        forward, backward = _NORMALIZATIONS[self.normalization]
+        p = self.params
+        caches = []
+        h = X
+        for i in range(1, self.num_layers):
+            if self.normalization is None:
+                h, cache = forward(h, p[f"W{i}"], p[f"b{i}"])
+            else:
+                self.bn_params[i - 1]["mode"] = mode
+                h, cache = forward(
+                    h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.bn_params[i - 1]
+                )
+            drop_cache = None
+            if self.use_dropout:
+                dp = {"p": self.dropout_keep_ratio, "mode": mode, "seed": self._dropout_seed(i)}
+                h, drop_cache = L.dropout_forward(h, dp)
+            caches.append((cache, drop_cache))
+        L_ = self.num_layers
+        scores, out_cache = L.affine_forward(h, p[f"W{L_}"], p[f"b{L_}"])
+        if y is None:
+            return scores
+
+        loss, dscores = L.losses.softmax_loss_device(scores, y)
+        grads = {}
+        dh, grads[f"W{L_}"], grads[f"b{L_}"] = L.affine_backward(dscores, out_cache)
+        for i in range(self.num_layers - 1, 0, -1):
+            cache, drop_cache = caches[i - 1]
+            if drop_cache is not None:
+                dh = L.dropout_backward(dh, drop_cache)
+            g = backward(dh, cache, need_dx=i > 1)
+            dh, grads[f"W{i}"], grads[f"b{i}"] = g[:3]
+            if self.normalization is not None:
+                grads[f"gamma{i}"], grads[f"beta{i}"] = g[3], g[4]
+        loss = self._add_regularisation(loss, grads)
+        return loss, grads
+
+    def buffers(self):
+        out = {}
+        if self.normalization == "batchnorm":
+            for i, bp in enumerate(self.bn_params, start=1):
+                for key in ("running_mean", "running_var"):
+                    if key in bp:
+                        out[f"bn{i}.{key}"] = bp[key]
+        return out
+
+    def load_buffers(self, buffers):
+        expected = set(self.buffers()) | {
+            f"bn{i}.{k}"
+            for i in range(1, self.num_layers)
+            for k in ("running_mean", "running_var")
+            if self.normalization == "batchnorm"
+        }
+        unknown = set(buffers) - expected
+        if unknown:
+            raise KeyError(f"unexpected buffers {sorted(unknown)}; expected a subset of {sorted(expected)}")
+        for name, value in buffers.items():
+            layer, key = name[2:].split(".")
+            self.bn_params[int(layer) - 1][key] = value
+
+
+class TwoLayerNet(FullyConnectedNet):
+    """affine - relu - affine - softmax, the course's first network.
+
+    Params W1 (input_dim, hidden_dim), b1, W2 (hidden_dim, num_classes), b2.
+    """
+
+    def __init__(
+        self,
+        input_dim=3 * 32 * 32,
+        hidden_dim=100,
+        num_classes=10,
+        weight_scale=1e-3,
+        reg=0.0,
+        dtype="float32",
+        seed=None,
+        backend=None,
+    ):
+        super().__init__(
+            [hidden_dim],
+            input_dim=input_dim,
+            num_classes=num_classes,
+            weight_scale=weight_scale,
+            reg=reg,
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )
