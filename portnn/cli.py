@@ -123,7 +123,10 @@ def cmd_train(args):
         backend = get_backend(args.backend)
     except BackendError as e:
         raise SystemExit(f"portnn train: {e}") from None
-    data = _load_data(args)
+    try:
+        data = _load_data(args)
+    except (OSError, ValueError) as e:  # missing folder, damaged or unsafe files
+        raise SystemExit(f"portnn train: {e}") from None
     model = _build_model(args, data)
     lr = args.lr if args.lr is not None else (2e-3 if args.model == "cnn" else 5e-3)
     if not args.quiet:

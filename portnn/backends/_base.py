@@ -70,10 +70,9 @@ class Backend:
         touching the caller's data (torch and array_api_strict share memory with
         NumPy inputs otherwise).
         """
-        if self._is_array(obj):
-            # Already ours: only convert dtype / device if asked.
-            out = obj if dtype is None else self.xp.astype(obj, self.dtype_of(dtype))
-            return out
+        if self._is_array(obj) and not isinstance(obj, np.ndarray):
+            # Already a device array of ours: only convert dtype if asked.
+            return obj if dtype is None else self.xp.astype(obj, self.dtype_of(dtype))
         if aac.is_array_api_obj(obj) and not isinstance(obj, np.ndarray):
             raise TypeError(
                 f"{self.name}.asarray: got an array of another backend "
