@@ -2,9 +2,11 @@
 ``*_backward(dout, cache)`` returns the gradients of the forward's array inputs.
 They infer the backend from their arguments: pass CuPy arrays, get CuPy arrays."""
 
+from .conv import conv_backward, conv_forward
 from .dense import affine_backward, affine_forward, relu_backward, relu_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import softmax_loss, svm_loss
+from .pool import max_pool_backward, max_pool_forward
 from .normalization import (
     batchnorm_backward,
     batchnorm_backward_alt,
@@ -25,4 +27,5 @@ __all__ = [
     "spatial_batchnorm_forward", "spatial_batchnorm_backward",
     "spatial_groupnorm_forward", "spatial_groupnorm_backward",
     "dropout_forward", "dropout_backward",
+    "conv_forward", "conv_backward", "max_pool_forward", "max_pool_backward",
 ]

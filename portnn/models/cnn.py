@@ -62,9 +62,7 @@ class ThreeLayerConvNet(Model):
 
     def _forward_backward(self, X, y):
         p = self.params
-        # The network input's gradient is never used: skip that work in the conv.
-        conv_param = dict(self.conv_param, _need_dx=False)
-        h1, c1 = lu.conv_relu_pool_forward(X, p["W1"], p["b1"], conv_param, self.pool_param)
+        h1, c1 = lu.conv_relu_pool_forward(X, p["W1"], p["b1"], self.conv_param, self.pool_param)
         h2, c2 = lu.affine_relu_forward(h1, p["W2"], p["b2"])
         scores, c3 = L.affine_forward(h2, p["W3"], p["b3"])
         if y is None:
@@ -73,6 +71,7 @@ class ThreeLayerConvNet(Model):
         grads = {}
         dh2, grads["W3"], grads["b3"] = L.affine_backward(dscores, c3)
         dh1, grads["W2"], grads["b2"] = lu.affine_relu_backward(dh2, c2)
-        _, grads["W1"], grads["b1"] = lu.conv_relu_pool_backward(dh1, c1)
+        # The network input's gradient is never used: skip that work in the conv.
+        _, grads["W1"], grads["b1"] = lu.conv_relu_pool_backward(dh1, c1, need_dx=False)
         loss = self._add_regularisation(loss, grads)
         return loss, grads

@@ -1,0 +1,99 @@
+"""Max pooling, written once in the Array API.
+
+Forward: a running max over the pool_height*pool_width window-offset slices,
+keeping the offset of each window's FIRST maximum (strict ``>``), so the
+backward sends every window's gradient to exactly one element, as torch and
+the classic loop implementation do. An equality mask (``x == max``) would
+instead duplicate the gradient over tied elements, which are common after a
+ReLU.
+
+Backward: one slice-add per window offset in general (any stride, overlapping
+windows). For adjacent windows (pool_height == pool_width == stride, the usual
+2x2 stride 2) each offset's gradient is written once into a window-blocked
+buffer whose reshape is the image: same values, about 2x faster on NumPy.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from .._checks import check_positive_int, is_float_dtype, _dtype_str
+from .._xp import conv_output_size, window_max, window_max_grad, window_max_grad_adjacent
+from ..backends import namespace
+
+__all__ = ["max_pool_forward", "max_pool_backward"]
+
+
+def max_pool_forward(x, pool_param):
+    """Max pooling over pool_height x pool_width windows, no padding.
+
+    Inputs
+      x : (N, C, H, W) float32/float64
+      pool_param : dict with 'pool_height', 'pool_width', 'stride' (ints >= 1)
+    Returns
+      out   : (N, C, H', W'), x's dtype, H' = 1 + (H - pool_height) // stride,
+              W' = 1 + (W - pool_width) // stride
+      cache : for max_pool_backward (x's shape, the window geometry and the
+              (N, C, H', W') small-integer offset of each window's first maximum)
+    """
+    xp = namespace(x)
+    ph, pw, stride = _check_pool(xp, x, pool_param)
+    N, C, H, W = x.shape
+    Ho, Wo = conv_output_size(H, ph, stride), conv_output_size(W, pw, stride)
+    out, arg = window_max(x, ph, pw, stride, Ho, Wo)
+    return out, (tuple(x.shape), x.dtype, arg, ph, pw, stride)
+
+
+def max_pool_backward(dout, cache):
+    """Backward pass of max_pool_forward.
+
+    Inputs
+      dout  : (N, C, H', W'), the forward's dtype
+      cache : from max_pool_forward
+    Returns
+      dx : (N, C, H, W); each window's gradient lands on its first maximum
+           (row-major order), overlapping windows accumulate.
+    """
+    shape, dtype, arg, ph, pw, stride = cache
+    namespace(dout, arg)  # same backend and device, or a clear error
+    if tuple(dout.shape) != tuple(arg.shape):
+        raise ValueError(f"dout: expected shape {tuple(arg.shape)} (the forward's output), "
+                         f"got {tuple(dout.shape)}")
+    if dout.dtype != dtype:
+        raise TypeError(f"dout: expected dtype {_dtype_str(dtype)} (the dtype of x), "
+                        f"got {_dtype_str(dout.dtype)}")
+    H, W = shape[2], shape[3]
+    if ph == pw == stride:
+        return window_max_grad_adjacent(dout, arg, stride, H, W)
+    return window_max_grad(dout, arg, ph, pw, stride, H, W)
+
+
+def _check_pool(xp, x, pool_param):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"x: expected an array, got {type(x).__name__}")
+    if not is_float_dtype(xp, x.dtype):
+        raise TypeError(f"x: expected a float32 or float64 array, got dtype {_dtype_str(x.dtype)}")
+    if x.ndim != 4:
+        raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x.shape)}")
+    if not isinstance(pool_param, dict):
+        raise TypeError(f"pool_param: expected a dict with 'pool_height', 'pool_width', 'stride', "
+                        f"got {type(pool_param).__name__}")
+    vals = []
+    for key in ("pool_height", "pool_width", "stride"):
+        name = f"pool_param['{key}']"
+        if key not in pool_param:
+            raise ValueError(f"{name}: missing; expected an integer >= 1")
+        v = pool_param[key]
+        if isinstance(v, bool):
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name}: expected an integer >= 1, got {v!r}") from None
+        vals.append(check_positive_int(v, name, 1))
+    ph, pw, stride = vals
+    H, W = x.shape[2], x.shape[3]
+    if ph > H or pw > W:
+        raise ValueError(f"pool_param: window {ph}x{pw} is larger than the input {H}x{W} "
+                         f"(x shape {tuple(x.shape)})")
+    return ph, pw, stride

@@ -1,0 +1,290 @@
+"""conv_forward / conv_backward on every backend: loop oracle, numerical gradients,
+float32 parity, exact chunking, a memory bound and the public-boundary errors."""
+
+import functools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from portnn.layers.conv import conv_backward, conv_forward
+from tests.helpers import assert_on_backend, rel_error
+
+# (x shape, w shape, stride, pad): 1x1, 3x3, 7x7, non-square kernels and inputs,
+# strides 1/2/3 (3 leaves a floor remainder), pads 0/1/3, kernel == padded input.
+CONFIGS = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 1),
+    ((2, 3, 7, 6), (4, 3, 3, 3), 2, 0),
+    ((2, 2, 5, 5), (3, 2, 1, 1), 1, 0),
+    ((2, 2, 5, 4), (3, 2, 1, 1), 2, 1),
+    ((2, 3, 9, 8), (2, 3, 7, 7), 1, 3),
+    ((1, 2, 8, 7), (2, 2, 7, 7), 2, 3),
+    ((1, 2, 6, 9), (3, 2, 2, 3), 2, 1),
+    ((2, 1, 8, 5), (2, 1, 3, 1), 3, 3),
+    ((2, 2, 5, 4), (2, 2, 5, 4), 1, 0),
+]
+IDS = [f"x{'x'.join(map(str, c[0]))}-w{c[1][2]}x{c[1][3]}-s{c[2]}-p{c[3]}" for c in CONFIGS]
+
+
+# -- host oracles ---------------------------------------------------------------
+
+
+def naive_conv_forward(x, w, b, stride, pad):
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
+    out = np.zeros((N, F, Ho, Wo))
+    for n in range(N):
+        for f in range(F):
+            for i in range(Ho):
+                for j in range(Wo):
+                    win = xp[n, :, i * stride:i * stride + HH, j * stride:j * stride + WW]
+                    out[n, f, i, j] = np.sum(win * w[f]) + b[f]
+    return out
+
+
+def naive_conv_backward(dout, x, w, stride, pad):
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for n in range(N):
+        for f in range(F):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    hs, ws = slice(i * stride, i * stride + HH), slice(j * stride, j * stride + WW)
+                    dxp[n, :, hs, ws] += w[f] * dout[n, f, i, j]
+                    dw[f] += xp[n, :, hs, ws] * dout[n, f, i, j]
+    dx = dxp[:, :, pad:pad + H, pad:pad + W]
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+def numerical_gradient(f, a, h=1e-5):
+    """Central differences of the scalar f() with respect to every entry of a (in place)."""
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+@functools.lru_cache(maxsize=None)
+def case(k):
+    """Host inputs, upstream gradient and oracle results of CONFIGS[k] (float64)."""
+    xs, ws, stride, pad = CONFIGS[k]
+    rng = np.random.default_rng(100 + k)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    out = naive_conv_forward(x, w, b, stride, pad)
+    dout = rng.standard_normal(out.shape)
+    grads = naive_conv_backward(dout, x, w, stride, pad)
+    return x, w, b, dout, out, grads
+
+
+@functools.lru_cache(maxsize=None)
+def numeric_grads(k):
+    """Central-difference gradients of sum(conv(x, w, b) * dout), on the host in float64."""
+    x, w, b, dout, _, _ = case(k)
+    x, w, b = x.copy(), w.copy(), b.copy()
+    param = {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]}
+    loss = lambda: float(np.sum(conv_forward(x, w, b, param)[0] * dout))  # noqa: E731
+    return tuple(numerical_gradient(loss, a) for a in (x, w, b))
+
+
+def run(backend, x, w, b, dout, param, dtype="float64", need_dx=True):
+    xb, wb, bb, db = (backend.asarray(a, dtype=dtype) for a in (x, w, b, dout))
+    out, cache = conv_forward(xb, wb, bb, dict(param))
+    grads = conv_backward(db, cache, need_dx=need_dx)
+    for a in (out, *grads):
+        if a is not None:
+            assert_on_backend(a, backend)
+    return backend.to_numpy(out), tuple(None if g is None else backend.to_numpy(g) for g in grads)
+
+
+# -- correctness ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=IDS)
+def test_matches_loop_oracle(backend, k):
+    x, w, b, dout, out_ref, grads_ref = case(k)
+    out, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
+    assert out.shape == out_ref.shape and out.dtype == np.float64
+    np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
+    for name, g, r in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert g.shape == r.shape, name
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=IDS)
+def test_numerical_gradient(backend, k):
+    x, w, b, dout, _, _ = case(k)
+    _, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
+    for name, g, num in zip(("dx", "dw", "db"), grads, numeric_grads(k)):
+        assert rel_error(g, num) < 1e-7, (name, rel_error(g, num))
+
+
+def test_default_conv_param_is_stride1_pad0(backend):
+    x, w, b, dout, _, _ = case(2)
+    out_default, _ = run(backend, x, w, b, dout, {})
+    np.testing.assert_allclose(out_default, naive_conv_forward(x, w, b, 1, 0), rtol=1e-12, atol=1e-12)
+
+
+def test_float32_parity_and_dtype(backend):
+    xs, ws, stride, pad = (3, 4, 9, 8), (5, 4, 3, 3), 2, 1
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    param = {"stride": stride, "pad": pad}
+    out64 = naive_conv_forward(x, w, b, stride, pad)
+    dout = rng.standard_normal(out64.shape)
+    # reference: numpy float32 (the parity target) and the float64 oracle
+    out_np, grads_np = run(get_numpy(), x, w, b, dout, param, dtype="float32")
+    out, grads = run(backend, x, w, b, dout, param, dtype="float32")
+    assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+    np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-4)
+    for g, r, r64 in zip(grads, grads_np, naive_conv_backward(dout, x, w, stride, pad)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g, r64, rtol=1e-4, atol=1e-4)
+
+
+def get_numpy():
+    from portnn.backends import get_backend
+
+    return get_backend("numpy")
+
+
+def test_need_dx_false_skips_dx(backend):
+    x, w, b, dout, _, grads_ref = case(0)
+    param = {"stride": CONFIGS[0][2], "pad": CONFIGS[0][3]}
+    _, (dx, dw, db) = run(backend, x, w, b, dout, param, need_dx=False)
+    assert dx is None
+    np.testing.assert_allclose(dw, grads_ref[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
+
+
+# -- chunking over the batch ----------------------------------------------------
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_chunked_equals_unchunked(backend, need_dx):
+    # 5 images, 1..3 per chunk (uneven last chunk), stride 2 pad 1, non-square.
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((5, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    per_image = 3 * 3 * 2 * 4 * 4 * 8  # C*HH*WW*H'*W' * itemsize
+    dout = rng.standard_normal((5, 4, 4, 4))
+    base = {"stride": 2, "pad": 1}
+    out_ref, grads_ref = run(backend, x, w, b, dout, base, need_dx=need_dx)
+    for max_bytes in (1, 2 * per_image, 3 * per_image + 7):
+        out, grads = run(backend, x, w, b, dout, dict(base, max_col_bytes=max_bytes), need_dx=need_dx)
+        exact = backend.name in ("numpy", "array_api_strict")  # same BLAS calls, same sum order
+        for a, r in zip((out, *grads), (out_ref, *grads_ref)):
+            if r is None:
+                assert a is None
+            elif exact:
+                assert np.array_equal(a, r), max_bytes
+            else:
+                np.testing.assert_allclose(a, r, rtol=1e-13, atol=1e-13)
+
+
+def test_chunked_peak_memory_is_bounded():
+    """NumPy + tracemalloc: columns 8x the working size run in about one working size."""
+    rng = np.random.default_rng(5)
+    N, C, H, W, F, K = 32, 8, 16, 16, 8, 5
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, K, K)), rng.standard_normal(F)
+    dout = rng.standard_normal((N, F, H, W))
+    col_bytes = N * C * K * K * H * W * 8  # 12.5 MiB
+    work = col_bytes // 8  # 1.56 MiB: the whole column matrix is 8x the working size
+    io_bytes = x.nbytes  # 0.5 MiB; out and dx have x's size here (F == C, same H, W)
+    param = {"stride": 1, "pad": 2}
+
+    def peaks(param):
+        tracemalloc.start()
+        try:
+            out, cache = conv_forward(x, w, b, param)
+            fwd_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            grads = conv_backward(dout, cache)
+            bwd_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return out, grads, fwd_peak, bwd_peak
+
+    conv_backward(dout, conv_forward(x, w, b, dict(param, max_col_bytes=work))[1])  # warm-up:
+    # the first call pays one-off allocations (lazy imports, caches) that are not the layer's
+    out_c, grads_c, fwd_c, bwd_c = peaks(dict(param, max_col_bytes=work))
+    bound = 2.5 * work + 2 * io_bytes  # columns + temporaries, plus out (kept) and dx
+    assert fwd_c < bound, (fwd_c, bound)
+    assert bwd_c < bound, (bwd_c, bound)
+    # the same call without the bound holds the whole column matrix (the test discriminates)
+    out_u, grads_u, fwd_u, bwd_u = peaks(param)
+    assert fwd_u > col_bytes > 2 * bound
+    assert np.array_equal(out_c, out_u)
+    for g, r in zip(grads_c, grads_u):
+        assert np.array_equal(g, r)
+    print(f"working size {work / 2**20:.2f} MiB, columns {col_bytes / 2**20:.2f} MiB; chunked peak "
+          f"fwd {fwd_c / 2**20:.2f} MiB, bwd {bwd_c / 2**20:.2f} MiB (bound {bound / 2**20:.2f}); "
+          f"unchunked fwd {fwd_u / 2**20:.2f} MiB, bwd {bwd_u / 2**20:.2f} MiB")
+
+
+# -- errors at the public boundary ----------------------------------------------
+
+
+def _bad_cases():
+    f64 = dict(dtype="float64")
+    ok = dict(x=((2, 3, 6, 6), f64), w=((4, 3, 3, 3), f64), b=((4,), f64), param={"stride": 1, "pad": 1})
+    cases = {
+        "x-not-4d": (dict(x=((3, 6, 6), f64)), ValueError, r"^x: expected a 4-d array"),
+        "w-not-4d": (dict(w=((4, 3, 9), f64)), ValueError, r"^w: expected a 4-d array"),
+        "channels": (dict(w=((4, 2, 3, 3), f64)), ValueError, r"^w: expected 3 input channels"),
+        "b-shape": (dict(b=((5,), f64)), ValueError, r"^b: expected shape \(4,\)"),
+        "b-2d": (dict(b=((4, 1), f64)), ValueError, r"^b: expected a 1-d array"),
+        "stride-0": (dict(param={"stride": 0, "pad": 1}), ValueError, r"conv_param\['stride'\]"),
+        "stride-float": (dict(param={"stride": 1.5, "pad": 1}), TypeError, r"conv_param\['stride'\]"),
+        "pad-neg": (dict(param={"stride": 1, "pad": -1}), ValueError, r"conv_param\['pad'\]"),
+        "kernel-too-big": (dict(w=((4, 3, 9, 3), f64)), ValueError, r"^w: kernel 9x3 is larger than the padded input 8x8"),
+        "x-int": (dict(x=((2, 3, 6, 6), dict(dtype="int64"))), TypeError, r"^x: expected a float32 or float64"),
+        "w-bool": (dict(w=((4, 3, 3, 3), dict(dtype="bool"))), TypeError, r"^w: expected a float32 or float64"),
+        "w-dtype-mismatch": (dict(w=((4, 3, 3, 3), dict(dtype="float32"))), TypeError, r"^w: expected dtype float64"),
+        "b-dtype-mismatch": (dict(b=((4,), dict(dtype="float32"))), TypeError, r"^b: expected dtype float64"),
+        "max-col-bytes": (dict(param={"max_col_bytes": 0}), ValueError, r"conv_param\['max_col_bytes'\]"),
+        "param-not-dict": (dict(param=[1, 1]), TypeError, r"^conv_param: expected a dict"),
+    }
+    return ok, cases
+
+
+_OK, _CASES = _bad_cases()
+
+
+def _make(backend, spec):
+    shape, kw = spec
+    a = np.random.default_rng(0).standard_normal(shape)
+    if kw["dtype"] == "int64":
+        return backend.asarray(a.astype(np.int64))
+    if kw["dtype"] == "bool":
+        return backend.asarray(a > 0)
+    return backend.asarray(a, dtype=kw["dtype"])
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_bad_inputs_raise(backend, name):
+    change, exc, match = _CASES[name]
+    args = dict(_OK, **change)
+    x, w, b = (_make(backend, args[k]) for k in ("x", "w", "b"))
+    with pytest.raises(exc, match=match):
+        conv_forward(x, w, b, args["param"])
+
+
+def test_bad_dout_raises(backend):
+    x, w, b = (_make(backend, _OK[k]) for k in ("x", "w", "b"))
+    out, cache = conv_forward(x, w, b, _OK["param"])
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(2, 4, 6, 6\)"):
+        conv_backward(backend.asarray(np.zeros((2, 4, 6, 5)), dtype="float64"), cache)
+    with pytest.raises(TypeError, match=r"^dout: expected dtype float64"):
+        conv_backward(backend.asarray(np.zeros((2, 4, 6, 6)), dtype="float32"), cache)

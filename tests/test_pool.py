@@ -1,0 +1,243 @@
+"""max_pool_forward / max_pool_backward on every backend: first-max loop oracle,
+numerical gradients, ties, the adjacent-window fast path, float32, errors."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from portnn._xp import window_max, window_max_grad, window_max_grad_adjacent
+from portnn.layers.pool import max_pool_backward, max_pool_forward
+from tests.helpers import assert_on_backend, rel_error
+
+# (x shape, pool_height, pool_width, stride)
+CONFIGS = [
+    ((2, 3, 8, 8), 2, 2, 2),  # tiling (fast path)
+    ((2, 2, 7, 9), 2, 2, 2),  # adjacent windows that do not cover the input (fast path + border)
+    ((2, 2, 9, 9), 3, 3, 2),  # overlapping
+    ((2, 2, 7, 8), 3, 3, 1),  # heavily overlapping, non-square input
+    ((1, 3, 6, 7), 2, 3, 1),  # non-square window
+    ((2, 2, 8, 7), 3, 2, 3),  # stride larger than the window width: gaps
+    ((1, 2, 10, 11), 3, 3, 3),  # adjacent 3x3, border rows/cols
+    ((2, 2, 4, 5), 1, 1, 1),  # identity
+    ((1, 1, 5, 5), 5, 5, 1),  # one window = whole image
+]
+IDS = [f"x{c[0][2]}x{c[0][3]}-{c[1]}x{c[2]}-s{c[3]}" for c in CONFIGS]
+
+
+def pp(ph, pw, s):
+    return {"pool_height": ph, "pool_width": pw, "stride": s}
+
+
+# -- host oracle ----------------------------------------------------------------
+
+
+def naive_pool(x, ph, pw, s, dout=None):
+    """Loop max pool; the backward sends each window's dout to its FIRST max (np.argmax)."""
+    N, C, H, W = x.shape
+    Ho, Wo = 1 + (H - ph) // s, 1 + (W - pw) // s
+    out, dx = np.zeros((N, C, Ho, Wo)), np.zeros_like(x)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    win = x[n, c, i * s:i * s + ph, j * s:j * s + pw]
+                    out[n, c, i, j] = win.max()
+                    if dout is not None:
+                        k = int(np.argmax(win))  # first occurrence in row-major order
+                        dx[n, c, i * s + k // pw, j * s + k % pw] += dout[n, c, i, j]
+    return out, dx
+
+
+def relu_rounded(rng, shape, scale=2.0):
+    """ReLU'd, rounded data: many zeros and small integers, so windows tie often."""
+    return np.round(np.maximum(rng.standard_normal(shape), 0.0) * scale)
+
+
+@functools.lru_cache(maxsize=None)
+def case(k):
+    xs, ph, pw, s = CONFIGS[k]
+    rng = np.random.default_rng(200 + k)
+    x = relu_rounded(rng, xs)
+    Ho, Wo = 1 + (xs[2] - ph) // s, 1 + (xs[3] - pw) // s
+    dout = rng.standard_normal((xs[0], xs[1], Ho, Wo))
+    out, dx = naive_pool(x, ph, pw, s, dout)
+    return x, dout, out, dx
+
+
+def run(backend, x, dout, param, dtype="float64"):
+    xb, db = backend.asarray(x, dtype=dtype), backend.asarray(dout, dtype=dtype)
+    out, cache = max_pool_forward(xb, dict(param))
+    dx = max_pool_backward(db, cache)
+    assert_on_backend(out, backend)
+    assert_on_backend(dx, backend)
+    return backend.to_numpy(out), backend.to_numpy(dx)
+
+
+def numerical_gradient(f, a, h=1e-5):
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+# -- correctness ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=IDS)
+def test_matches_first_max_oracle(backend, k):
+    """Tied data: values AND the first-max routing must match the loop version."""
+    x, dout, out_ref, dx_ref = case(k)
+    out, dx = run(backend, x, dout, pp(*CONFIGS[k][1:]))
+    assert out.shape == out_ref.shape and out.dtype == np.float64
+    assert np.array_equal(out, out_ref)
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)
+
+
+@functools.lru_cache(maxsize=None)
+def distinct_case(k):
+    """Distinct values 0.01 apart (no ties, no kinks within h) and the numerical gradient."""
+    xs, ph, pw, s = CONFIGS[k]
+    rng = np.random.default_rng(300 + k)
+    x = (rng.permutation(int(np.prod(xs))) * 0.01).reshape(xs) + rng.uniform(0, 1e-3, xs)
+    Ho, Wo = 1 + (xs[2] - ph) // s, 1 + (xs[3] - pw) // s
+    dout = rng.standard_normal((xs[0], xs[1], Ho, Wo))
+    xh = x.copy()
+    num = numerical_gradient(lambda: float(np.sum(naive_pool(xh, ph, pw, s)[0] * dout)), xh)
+    return x, dout, num
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 6], ids=[IDS[k] for k in (0, 1, 2, 3, 5, 6)])
+def test_numerical_gradient(backend, k):
+    x, dout, num = distinct_case(k)
+    _, dx = run(backend, x, dout, pp(*CONFIGS[k][1:]))
+    assert rel_error(dx, num) < 1e-7
+
+
+@pytest.mark.parametrize("ph,pw,s", [(2, 2, 2), (3, 3, 2), (3, 3, 1)])
+def test_ties_send_each_window_gradient_once(backend, ph, pw, s):
+    rng = np.random.default_rng(11)
+    x = relu_rounded(rng, (4, 3, 12, 12), scale=1.0)
+    N, C, H, W = x.shape
+    Ho, Wo = 1 + (H - ph) // s, 1 + (W - pw) // s
+    dout = rng.integers(-3, 4, (N, C, Ho, Wo)).astype(np.float64)  # integers: sums are exact
+    out, dx = run(backend, x, dout, pp(ph, pw, s))
+    _, dx_ref = naive_pool(x, ph, pw, s, dout)
+    assert np.array_equal(dx, dx_ref)
+    assert dx.sum() == dout.sum()  # gradient mass is conserved exactly
+    # the data really is tied, and an equality mask (x == window max) would be wrong
+    tied = 0
+    eq_mass = 0.0
+    for i in range(Ho):
+        for j in range(Wo):
+            win = x[:, :, i * s:i * s + ph, j * s:j * s + pw]
+            n_max = (win == out[:, :, i:i + 1, j:j + 1]).sum(axis=(2, 3))
+            tied += int((n_max > 1).sum())
+            eq_mass += float((n_max * dout[:, :, i, j]).sum())
+    assert tied > 0.2 * N * C * Ho * Wo
+    assert np.abs(dout).sum() > 0 and eq_mass != dout.sum()
+
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 8), 2), ((2, 2, 7, 9), 2), ((1, 2, 10, 11), 3),
+                                     ((1, 1, 4, 4), 4)])
+def test_adjacent_fast_path_equals_generic(backend, shape, k):
+    """The stride == window fast path gives the generic path's values (ties included)."""
+    rng = np.random.default_rng(13)
+    x = backend.asarray(relu_rounded(rng, shape, scale=1.0), dtype="float64")
+    H, W = shape[2], shape[3]
+    Ho, Wo = 1 + (H - k) // k, 1 + (W - k) // k
+    out, arg = window_max(x, k, k, k, Ho, Wo)
+    dout = backend.asarray(rng.standard_normal((shape[0], shape[1], Ho, Wo)), dtype="float64")
+    fast = window_max_grad_adjacent(dout, arg, k, H, W)
+    slow = window_max_grad(dout, arg, k, k, k, H, W)
+    assert_on_backend(fast, backend)
+    assert_on_backend(slow, backend)
+    assert np.array_equal(backend.to_numpy(fast), backend.to_numpy(slow))
+
+
+def test_float32_stays_float32_and_matches_numpy(backend):
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((3, 4, 9, 10))
+    for ph, pw, s in [(2, 2, 2), (3, 3, 2)]:
+        Ho, Wo = 1 + (9 - ph) // s, 1 + (10 - pw) // s
+        dout = rng.standard_normal((3, 4, Ho, Wo))
+        out, dx = run(backend, x, dout, pp(ph, pw, s), dtype="float32")
+        out_np, dx_np = run(get_numpy(), x, dout, pp(ph, pw, s), dtype="float32")
+        assert out.dtype == np.float32 and dx.dtype == np.float32
+        np.testing.assert_allclose(out, out_np, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(dx, dx_np, rtol=1e-5, atol=1e-5)
+        out64, dx64 = naive_pool(x.astype(np.float32).astype(np.float64), ph, pw, s, dout)
+        np.testing.assert_allclose(out, out64, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(dx, dx64, rtol=1e-5, atol=1e-5)
+
+
+def get_numpy():
+    from portnn.backends import get_backend
+
+    return get_backend("numpy")
+
+
+def test_large_window_offsets_beyond_int8():
+    """12x12 windows have 144 offsets: the argmax index dtype must hold them."""
+    rng = np.random.default_rng(19)
+    x = relu_rounded(rng, (2, 2, 13, 14), scale=3.0)
+    dout = rng.standard_normal((2, 2, 2, 3))
+    out, dx = run(get_numpy(), x, dout, pp(12, 12, 1))
+    out_ref, dx_ref = naive_pool(x, 12, 12, 1, dout)
+    assert np.array_equal(out, out_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)
+
+
+def test_forward_output_is_not_a_view_of_x():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    out, _ = max_pool_forward(x, pp(1, 1, 1))
+    out[...] = -1.0
+    assert x[0, 0, 0, 0] == 0.0
+
+
+# -- errors -----------------------------------------------------------------------
+
+BAD = {
+    "x-3d": ((2, 6, 6), "float64", pp(2, 2, 2), ValueError, r"^x: expected a 4-d array"),
+    "x-int": ((1, 2, 6, 6), "int64", pp(2, 2, 2), TypeError, r"^x: expected a float32 or float64"),
+    "x-bool": ((1, 2, 6, 6), "bool", pp(2, 2, 2), TypeError, r"^x: expected a float32 or float64"),
+    "height-0": ((1, 2, 6, 6), "float64", pp(0, 2, 2), ValueError, r"pool_param\['pool_height'\]"),
+    "width-float": ((1, 2, 6, 6), "float64", pp(2, 2.0, 2), TypeError, r"pool_param\['pool_width'\]"),
+    "stride-0": ((1, 2, 6, 6), "float64", pp(2, 2, 0), ValueError, r"pool_param\['stride'\]"),
+    "stride-missing": ((1, 2, 6, 6), "float64", {"pool_height": 2, "pool_width": 2}, ValueError,
+                       r"pool_param\['stride'\]: missing"),
+    "window-too-big": ((1, 2, 6, 5), "float64", pp(3, 6, 1), ValueError, r"^pool_param: window 3x6 is larger"),
+    "param-not-dict": ((1, 2, 6, 6), "float64", (2, 2, 2), TypeError, r"^pool_param: expected a dict"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_inputs_raise(backend, name):
+    shape, dtype, param, exc, match = BAD[name]
+    a = np.random.default_rng(0).standard_normal(shape)
+    if dtype == "int64":
+        x = backend.asarray(a.astype(np.int64))
+    elif dtype == "bool":
+        x = backend.asarray(a > 0)
+    else:
+        x = backend.asarray(a, dtype=dtype)
+    with pytest.raises(exc, match=match):
+        max_pool_forward(x, param)
+
+
+def test_bad_dout_raises(backend):
+    x = backend.asarray(np.ones((1, 2, 6, 6)), dtype="float64")
+    _, cache = max_pool_forward(x, pp(2, 2, 2))
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(1, 2, 3, 3\)"):
+        max_pool_backward(backend.asarray(np.ones((1, 2, 3, 2)), dtype="float64"), cache)
+    with pytest.raises(TypeError, match=r"^dout: expected dtype float64"):
+        max_pool_backward(backend.asarray(np.ones((1, 2, 3, 3)), dtype="float32"), cache)
