@@ -31,11 +31,11 @@ def _build_parser():
     t.add_argument("--dropout", type=float, default=0.0,
                    help="probability of DROPPING a hidden unit (0 = no dropout); "
                         "the models' dropout_keep_ratio is 1 - this")
-    t.add_argument("--num-filters", type=int, default=16, help="cnn: number of conv filters")
+    t.add_argument("--num-filters", type=int, default=32, help="cnn: number of conv filters")
     t.add_argument("--filter-size", type=int, default=3, help="cnn: conv filter size")
     t.add_argument("--hidden-dim", type=int, default=100, help="cnn: hidden affine layer size")
     t.add_argument("--update-rule", choices=["sgd", "sgd_momentum", "rmsprop", "adam"], default="adam")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-3 fcn, 2e-3 cnn)")
+    t.add_argument("--lr", type=float, default=5e-3, help="learning rate")
     t.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch")
     t.add_argument("--reg", type=float, default=1e-4, help="L2 regularisation strength")
     t.add_argument("--weight-scale", type=float, default=None,
@@ -128,7 +128,7 @@ def cmd_train(args):
     except (OSError, ValueError) as e:  # missing folder, damaged or unsafe files
         raise SystemExit(f"portnn train: {e}") from None
     model = _build_model(args, data)
-    lr = args.lr if args.lr is not None else (2e-3 if args.model == "cnn" else 5e-3)
+    lr = args.lr
     if not args.quiet:
         n = data["X_train"].shape[0]
         print(

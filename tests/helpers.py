@@ -57,3 +57,10 @@ def numeric_grad(f, x, df=None, h=1e-6):
         diff = fp - fm
         grad[i] = np.sum(diff * (1.0 if df is None else df)) / (2 * h)
     return grad
+
+
+def grad_ok(analytic, numeric, rtol=1e-6, atol=1e-8):
+    """Relative error below rtol, or (for gradients that are exactly zero, like a
+    bias feeding batchnorm) an absolute difference below atol."""
+    a, n = to_np(analytic), to_np(numeric)
+    return rel_error(a, n) < rtol or float(np.max(np.abs(a - n))) < atol
