@@ -64,3 +64,20 @@ def grad_ok(analytic, numeric, rtol=1e-6, atol=1e-8):
     bias feeding batchnorm) an absolute difference below atol."""
     a, n = to_np(analytic), to_np(numeric)
     return rel_error(a, n) < rtol or float(np.max(np.abs(a - n))) < atol
+
+
+def numerical_gradient(f, a, h=1e-5):
+    """Central differences of the scalar f() w.r.t. every entry of the host array
+    ``a``, which f reads and which is perturbed in place (and restored)."""
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from portnn.layers.conv import conv_backward, conv_forward
-from tests.helpers import assert_on_backend, rel_error
+from tests.helpers import numerical_gradient, assert_on_backend, rel_error
 
 # (x shape, w shape, stride, pad): 1x1, 3x3, 7x7, non-square kernels and inputs,
 # strides 1/2/3 (3 leaves a floor remainder), pads 0/1/3, kernel == padded input.
@@ -58,22 +58,6 @@ def naive_conv_backward(dout, x, w, stride, pad):
                     dw[f] += xp[n, :, hs, ws] * dout[n, f, i, j]
     dx = dxp[:, :, pad:pad + H, pad:pad + W]
     return dx, dw, dout.sum(axis=(0, 2, 3))
-
-
-def numerical_gradient(f, a, h=1e-5):
-    """Central differences of the scalar f() with respect to every entry of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 @functools.lru_cache(maxsize=None)

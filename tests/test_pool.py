@@ -8,7 +8,7 @@ import pytest
 
 from portnn._xp import window_max, window_max_grad, window_max_grad_adjacent
 from portnn.layers.pool import max_pool_backward, max_pool_forward
-from tests.helpers import assert_on_backend, rel_error
+from tests.helpers import numerical_gradient, assert_on_backend, rel_error
 
 # (x shape, pool_height, pool_width, stride)
 CONFIGS = [
@@ -72,21 +72,6 @@ def run(backend, x, dout, param, dtype="float64"):
     assert_on_backend(out, backend)
     assert_on_backend(dx, backend)
     return backend.to_numpy(out), backend.to_numpy(dx)
-
-
-def numerical_gradient(f, a, h=1e-5):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 # -- correctness ----------------------------------------------------------------
