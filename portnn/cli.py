@@ -25,6 +25,13 @@ def _build_parser():
                    help="digits is bundled (8x8, 10 classes); cifar10 needs --data-dir")
     t.add_argument("--data-dir", default=None,
                    help="folder with the CIFAR-10 python batches (cifar-10-batches-py)")
+    t.add_argument("--num-train", type=int, default=None,
+                   help="cifar10: training images (default 49000)")
+    t.add_argument("--num-val", type=int, default=None,
+                   help="cifar10: validation images, taken from the end of the training batches "
+                        "(default 1000)")
+    t.add_argument("--num-test", type=int, default=None,
+                   help="cifar10: test images from test_batch (default 1000)")
     t.add_argument("--hidden-dims", type=int, nargs="+", default=[100, 100],
                    help="hidden layer sizes of the fcn")
     t.add_argument("--normalization", choices=["none", "batchnorm", "layernorm"], default="none")
@@ -35,11 +42,13 @@ def _build_parser():
     t.add_argument("--filter-size", type=int, default=3, help="cnn: conv filter size")
     t.add_argument("--hidden-dim", type=int, default=100, help="cnn: hidden affine layer size")
     t.add_argument("--update-rule", choices=["sgd", "sgd_momentum", "rmsprop", "adam"], default="adam")
-    t.add_argument("--lr", type=float, default=5e-3, help="learning rate")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 5e-3 on digits, 1e-3 on cifar10)")
     t.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch")
     t.add_argument("--reg", type=float, default=1e-4, help="L2 regularisation strength")
     t.add_argument("--weight-scale", type=float, default=None,
-                   help="std of initial weights (default: 0.1 fcn, 0.05 cnn)")
+                   help="std of initial weights (default on digits: 0.1 fcn, 0.05 cnn; "
+                        "on cifar10, whose pixels are 0..255 minus the mean: 1e-3)")
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--batch-size", type=int, default=50)
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -58,11 +67,24 @@ def _load_data(args):
         return load_digits(dtype=args.dtype, flatten=not cnn)
     if not args.data_dir:
         raise SystemExit("portnn train: --dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)")
-    data = load_cifar10(args.data_dir, dtype=args.dtype)
+    sizes = {}
+    if args.num_train is not None:
+        sizes["num_training"] = args.num_train
+    if args.num_val is not None:
+        sizes["num_validation"] = args.num_val
+    if args.num_test is not None:
+        sizes["num_test"] = args.num_test
+    data = load_cifar10(args.data_dir, dtype=args.dtype, **sizes)
     if not cnn:
         for k in ("X_train", "X_val", "X_test"):
             data[k] = data[k].reshape(data[k].shape[0], -1)
     return data
+
+
+def _weight_scale(args, digits_default):
+    if args.weight_scale is not None:
+        return args.weight_scale
+    return digits_default if args.dataset == "digits" else 1e-3
 
 
 def _build_model(args, data):
@@ -76,7 +98,7 @@ def _build_model(args, data):
             filter_size=args.filter_size,
             hidden_dim=args.hidden_dim,
             num_classes=num_classes,
-            weight_scale=args.weight_scale if args.weight_scale is not None else 0.05,
+            weight_scale=_weight_scale(args, 0.05),
             reg=args.reg,
             dtype=args.dtype,
             seed=args.seed,
@@ -89,7 +111,7 @@ def _build_model(args, data):
         dropout_keep_ratio=1.0 - args.dropout,
         normalization=None if args.normalization == "none" else args.normalization,
         reg=args.reg,
-        weight_scale=args.weight_scale if args.weight_scale is not None else 0.1,
+        weight_scale=_weight_scale(args, 0.1),
         dtype=args.dtype,
         seed=args.seed,
         backend=args.backend,
@@ -128,7 +150,7 @@ def cmd_train(args):
     except (OSError, ValueError) as e:  # missing folder, damaged or unsafe files
         raise SystemExit(f"portnn train: {e}") from None
     model = _build_model(args, data)
-    lr = args.lr
+    lr = args.lr if args.lr is not None else (5e-3 if args.dataset == "digits" else 1e-3)
     if not args.quiet:
         n = data["X_train"].shape[0]
         print(

@@ -51,3 +51,14 @@ def test_cifar_needs_data_dir(tmp_path):
     assert res.returncode != 0 and "--data-dir" in res.stderr
     res = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), check=False)
     assert res.returncode != 0 and "data_batch_1" in res.stderr
+
+
+def test_train_on_local_cifar10_files(tmp_path):
+    from tests.test_data import _write_cifar
+    _write_cifar(tmp_path, sizes=(20, 20, 20, 20, 20), n_test=10)
+    for model in ("cnn", "fcn"):
+        out = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", model,
+                      "--num-train", "80", "--num-val", "20", "--num-test", "10", "--epochs", "1", "--num-filters", "4",
+                      "--hidden-dims", "10").stdout
+        assert "cifar10 (80 train / 20 val / 10 test)" in out
+        assert re.search(r"test acc [\d.]+", out)
