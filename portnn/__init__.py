@@ -7,7 +7,7 @@ Array API standard, so the same code trains on NumPy, CuPy and PyTorch tensors.
     >>> solver = portnn.Solver(model, data, update_rule="adam", num_epochs=5, verbose=False)
 """
 
-from . import backends, data, gradient_check, layer_utils, layers, models, optim, random
+from . import backends, data, gradient_check, layer_utils, layers, models, optim, random, schedules
 from .backends import (
     Backend,
     BackendError,
@@ -18,6 +18,7 @@ from .backends import (
     use_backend,
 )
 from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
+from .io import load, save
 from .solver import Solver
 
 __version__ = "0.1.0"
@@ -25,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "BackendError", "available_backends", "get_backend", "namespace", "set_backend",
     "use_backend", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet", "Solver",
-    "backends", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
+    "save", "load", "schedules", "backends", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
 ]

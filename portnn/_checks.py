@@ -12,7 +12,9 @@ import math
 
 
 def _dtype_str(dt) -> str:
-    return str(dt).rsplit(".", 1)[-1]
+    """'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
+    name = getattr(dt, "name", None) or getattr(dt, "__name__", None) or str(dt)
+    return str(name).rsplit(".", 1)[-1]
 
 
 def is_float_dtype(xp, dtype) -> bool:

@@ -49,13 +49,42 @@ def _build_parser():
     t.add_argument("--weight-scale", type=float, default=None,
                    help="std of initial weights (default on digits: 0.1 fcn, 0.05 cnn; "
                         "on cifar10, whose pixels are 0..255 minus the mean: 1e-3)")
-    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default 15; with --resume, the checkpoint's)")
     t.add_argument("--batch-size", type=int, default=50)
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0, help="seeds init, dropout and batch order")
-    t.add_argument("--checkpoint", default=None,
+    t.add_argument("--schedule", choices=["none", "step", "cosine"], default="none",
+                   help="learning-rate schedule on top of --lr-decay")
+    t.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations before the schedule")
+    t.add_argument("--step-epochs", type=int, default=5, help="step schedule: epochs between decays")
+    t.add_argument("--step-gamma", type=float, default=0.5, help="step schedule: factor per step")
+    t.add_argument("--checkpoint", default=None, metavar="PREFIX",
                    help="write PREFIX_epoch_E.npz (+ .json) checkpoints after every epoch")
+    t.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run saved in CKPT (a PREFIX_epoch_E.npz): model, data and "
+                        "optimisation options come from the checkpoint; --epochs may extend it")
+    t.add_argument("--plot", default=None, metavar="PNG",
+                   help="write loss / accuracy curves and first-layer weights to this PNG "
+                        "(needs matplotlib: pip install 'portnn[plot]')")
+    t.add_argument("--save", default=None, metavar="PATH", help="save the final (best) model to PATH")
+    t.add_argument("--print-every", type=int, default=None, help="log the loss every N iterations")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+    e = sub.add_parser("eval", help="accuracy of a saved model or checkpoint on a dataset's val/test split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("checkpoint", help="a file written by --save, --checkpoint or portnn.save")
+    e.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
+    e.add_argument("--data-dir", default=None, help="cifar10: the cifar-10-batches-py folder")
+    e.add_argument("--backend", default=None, help="backend to evaluate on (default: numpy)")
+    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="dtype of the data (default: the model's)")
+    for name in ("--num-train", "--num-val", "--num-test"):
+        e.add_argument(name, type=int, default=None, help="cifar10 split sizes, as for train")
+
+    sub.add_parser("selftest", help="check every layer, model and optimizer on a backend against numpy "
+                                    "(portnn selftest --help)", add_help=False)
     return p
 
 
@@ -66,7 +95,7 @@ def _load_data(args):
     if args.dataset == "digits":
         return load_digits(dtype=args.dtype, flatten=not cnn)
     if not args.data_dir:
-        raise SystemExit("portnn train: --dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)")
+        raise SystemExit("portnn: --dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)")
     sizes = {}
     if args.num_train is not None:
         sizes["num_training"] = args.num_train
@@ -118,75 +147,159 @@ def _build_model(args, data):
     )
 
 
-class _EpochPrinter:
-    def __init__(self, quiet):
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.seen = 0
+def _schedule(args, iterations_per_epoch):
+    from . import schedules
 
-    def on_epoch_end(self, solver):
-        if self.quiet:
-            return
-        per = solver.iterations_per_epoch
-        recent = solver.loss_history[-per:]
-        print(
-            f"epoch {solver.epoch:3d}/{solver.num_epochs}  loss {sum(recent) / len(recent):.4f}  "
-            f"train acc {solver.train_acc_history[-1]:.4f}  val acc {solver.val_acc_history[-1]:.4f}  "
-            f"({time.perf_counter() - self.t0:.1f}s)",
-            flush=True,
-        )
+    total = args.epochs * iterations_per_epoch
+    if args.schedule == "cosine":
+        main = schedules.CosineDecay(max(1, total - args.warmup), final_factor=0.01)
+    elif args.schedule == "step":
+        main = schedules.StepDecay(args.step_epochs, args.step_gamma)
+    else:
+        main = None
+    if args.warmup:
+        return schedules.LinearWarmup(args.warmup, then=main)
+    return main
+
+
+# Options that describe the run (model, data, optimisation); a resumed run takes them
+# from the checkpoint so it continues exactly the same training.
+_RUN_OPTIONS = (
+    "model", "dataset", "data_dir", "num_train", "num_val", "num_test", "hidden_dims", "normalization",
+    "dropout", "num_filters", "filter_size", "hidden_dim", "update_rule", "lr", "lr_decay", "reg",
+    "weight_scale", "batch_size", "dtype", "seed", "schedule", "warmup", "step_epochs", "step_gamma",
+)
+
+
+def _fail(command, e):
+    raise SystemExit(f"portnn {command}: {e}")
 
 
 def cmd_train(args):
+    from . import io
     from .backends import BackendError, get_backend
     from .solver import Solver
 
     try:
         backend = get_backend(args.backend)
     except BackendError as e:
-        raise SystemExit(f"portnn train: {e}") from None
+        _fail("train", e)
+    resumed_meta = None
+    if args.resume:
+        try:
+            _, meta = io.load_arrays(args.resume)
+            resumed_meta = meta["solver"]
+            saved = resumed_meta["metadata"]["cli"]
+        except (OSError, ValueError, KeyError) as e:
+            _fail("train", f"--resume {args.resume}: not a checkpoint written by 'portnn train' ({e})")
+        for key in _RUN_OPTIONS:
+            setattr(args, key, saved[key])
+        if args.epochs is None:
+            args.epochs = resumed_meta["num_epochs"]
+        if args.checkpoint is None:
+            args.checkpoint = resumed_meta["checkpoint_name"]
+    if args.epochs is None:
+        args.epochs = 15
     try:
         data = _load_data(args)
     except (OSError, ValueError) as e:  # missing folder, damaged or unsafe files
-        raise SystemExit(f"portnn train: {e}") from None
-    model = _build_model(args, data)
-    lr = args.lr if args.lr is not None else (5e-3 if args.dataset == "digits" else 1e-3)
-    if not args.quiet:
+        _fail("train", e)
+    if args.lr is None:
+        args.lr = 5e-3 if args.dataset == "digits" else 1e-3
+    verbose = not args.quiet
+    if verbose:
         n = data["X_train"].shape[0]
         print(
             f"portnn: {args.model} on {args.dataset} ({n} train / {data['X_val'].shape[0]} val / "
             f"{data['X_test'].shape[0]} test), backend {backend.name} ({backend.device}), {args.dtype}"
+            + (f", resuming {args.resume} at epoch {resumed_meta['epoch']}" if args.resume else "")
         )
-    solver = Solver(
-        model,
-        data,
-        update_rule=args.update_rule,
-        optim_config={"learning_rate": lr},
-        lr_decay=args.lr_decay,
-        batch_size=args.batch_size,
-        num_epochs=args.epochs,
-        num_train_samples=None,
-        checkpoint_name=args.checkpoint,
-        verbose=False,
-        seed=args.seed,
-        callbacks=[_EpochPrinter(args.quiet)],
-    )
+    settings = dict(num_epochs=args.epochs, checkpoint_name=args.checkpoint, verbose=verbose,
+                    print_every=args.print_every or 10**9, num_train_samples=None)
+    if args.resume:
+        try:
+            solver = io.load(args.resume, backend=backend, data=data, **settings)
+        except (OSError, ValueError, KeyError) as e:
+            _fail("train", f"--resume {args.resume}: {e}")
+    else:
+        model = _build_model(args, data)
+        per_epoch = max(data["X_train"].shape[0] // args.batch_size, 1)
+        solver = Solver(
+            model, data,
+            update_rule=args.update_rule,
+            optim_config={"learning_rate": args.lr},
+            lr_decay=args.lr_decay,
+            lr_schedule=_schedule(args, per_epoch),
+            batch_size=args.batch_size,
+            seed=args.seed,
+            metadata={"cli": {k: getattr(args, k) for k in _RUN_OPTIONS}},
+            **settings,
+        )
     t0 = time.perf_counter()
-    solver.train()
+    try:
+        solver.train()
+    except KeyboardInterrupt:
+        if solver.last_checkpoint:
+            where = f"; resume with: portnn train --resume {solver.last_checkpoint}"
+        else:
+            where = " (no checkpoint: pass --checkpoint PREFIX to be able to resume)"
+        print(f"\ninterrupted{where}", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
     test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
     print(
         f"best val acc {solver.best_val_acc:.4f}  test acc {test_acc:.4f}  "
         f"({elapsed:.1f}s training, {solver.iteration} iterations)"
     )
+    if args.plot:
+        from .plot import plot_training
+
+        try:
+            plot_training(solver, args.plot)
+        except ImportError as e:
+            _fail("train", e)
+        print(f"wrote {args.plot}")
+    if args.save:
+        io.save(solver.model, args.save)
+        print(f"wrote {args.save} (+ .json)")
+    return 0
+
+
+def cmd_eval(args):
+    from . import io
+
+    try:
+        model = io.load(args.checkpoint, backend=args.backend)
+    except (OSError, ValueError, KeyError) as e:
+        _fail("eval", e)
+    args.model = "cnn" if len(model.input_shape) == 3 else "fcn"
+    args.dtype = args.dtype or model.config["dtype"]
+    try:
+        data = _load_data(args)
+    except (OSError, ValueError) as e:
+        _fail("eval", e)
+    print(f"portnn: {type(model).__name__} from {args.checkpoint} on {args.dataset}, "
+          f"backend {model.backend.name}")
+    for split in ("val", "test"):
+        X, y = data[f"X_{split}"], data[f"y_{split}"]
+        try:
+            pred = model.predict(X, batch_size=args.batch_size)
+        except (TypeError, ValueError) as e:
+            _fail("eval", f"the checkpoint's model does not fit {args.dataset} data ({e})")
+        print(f"{split} acc {float((pred == y).mean()):.4f}  ({X.shape[0]} images)")
     return 0
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "selftest":  # its own parser lives with the self-test
+        from .selftest import main as selftest_main
+
+        return selftest_main(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "train":
         return cmd_train(args)
-    return 2
+    return cmd_eval(args)
 
 
 if __name__ == "__main__":

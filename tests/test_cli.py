@@ -21,7 +21,7 @@ def test_help_lists_options():
 
 def test_train_fcn_prints_epochs_and_test_accuracy():
     out = run_cli("train", "--epochs", "3", "--normalization", "batchnorm", "--dropout", "0.1").stdout
-    assert len(re.findall(r"^epoch\s+\d+/3\s+loss [\d.]+\s+train acc [\d.]+\s+val acc [\d.]+", out, re.M)) == 3
+    assert len(re.findall(r"^\(Epoch \d / 3\) loss: [\d.]+; train acc: [\d.]+; val_acc: [\d.]+", out, re.M)) == 3
     test_acc = float(re.search(r"test acc ([\d.]+)", out).group(1))
     assert test_acc > 0.85
 

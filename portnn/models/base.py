@@ -3,11 +3,13 @@ initialisation, input validation, L2 regularisation and the state dict."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 from .. import random as prandom
-from ..backends import get_backend
-from .._checks import check_float_in, check_labels
+from ..backends import dtype_name, get_backend
+from .._checks import _dtype_str, check_float_in, check_labels
+from ..data.batches import predict_labels, to_host
 
 
 class Model:
@@ -22,6 +24,29 @@ class Model:
 
     num_classes: int
     input_shape: tuple
+
+    def __new__(cls, *args, **kwargs):
+        # Record the outermost constructor's arguments, so a checkpoint can rebuild
+        # the same architecture (portnn.load) without pickling the object.
+        self = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self._init_args = {k: v for k, v in bound.arguments.items() if k not in ("self", "backend")}
+        return self
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments (minus backend) as JSON-friendly values."""
+        out = {}
+        for k, v in self._init_args.items():
+            if k == "dtype":
+                v = dtype_name(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif k == "hidden_dims":
+                v = [int(h) for h in v]
+            out[k] = v
+        return out
 
     def __init__(self, *, reg, dtype, seed, backend):
         self.backend = get_backend(backend)
@@ -59,7 +84,9 @@ class Model:
     def _check_inputs(self, X, y):
         self.backend.check_array(X, "X")
         if X.dtype != self.dtype:
-            raise TypeError(f"X: expected dtype {self.dtype} (the model's dtype), got {X.dtype}")
+            raise TypeError(
+                f"X: expected dtype {_dtype_str(self.dtype)} (the model's dtype), got {_dtype_str(X.dtype)}"
+            )
         if tuple(X.shape[1:]) != tuple(self.input_shape) and math.prod(X.shape[1:]) != math.prod(
             self.input_shape
         ):
@@ -115,3 +142,43 @@ class Model:
         out = dict(self.params)
         out.update(self.buffers())
         return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Set params and buffers from ``state`` (name -> array of ANY backend or
+        NumPy). Every name, shape and dtype kind is checked before anything is
+        assigned, so a bad state leaves the model untouched."""
+        expected = set(self.params) | set(self._buffer_names())
+        # Buffers may be absent (batchnorm statistics exist only after a first
+        # training step); every parameter must be there.
+        missing, unexpected = set(self.params) - set(state), set(state) - expected
+        if missing or unexpected:
+            raise KeyError(
+                f"state: missing {sorted(missing)}, unexpected {sorted(unexpected)} "
+                f"for {type(self).__name__}"
+            )
+        converted = {}
+        for name, value in state.items():
+            host = to_host(value, f"state[{name!r}]")
+            if host.dtype.kind != "f":
+                raise TypeError(f"state[{name!r}]: expected a float array, got dtype {host.dtype}")
+            if name in self.params and tuple(host.shape) != tuple(self.params[name].shape):
+                raise ValueError(
+                    f"state[{name!r}]: expected shape {tuple(self.params[name].shape)}, got {host.shape}"
+                )
+            converted[name] = self.backend.asarray(host, dtype=self.dtype)
+        buffers = {k: v for k, v in converted.items() if k not in self.params}
+        self.load_buffers(buffers)  # validates buffer shapes before we touch params
+        for k, v in converted.items():
+            if k in self.params:
+                self.params[k] = v
+
+    def _buffer_names(self):
+        return list(self.buffers())
+
+    def predict(self, X, batch_size=100):
+        """Predicted labels for X (N, ...), host data or arrays of the model's backend.
+
+        Scores are computed in batches of ``batch_size`` on the device; the labels
+        cross to the host once per call. Returns a NumPy int64 array (N,).
+        """
+        return predict_labels(self, X, batch_size)

@@ -114,16 +114,20 @@ class FullyConnectedNet(Model):
                         out[f"bn{i}.{key}"] = bp[key]
         return out
 
+    def _buffer_names(self):
+        if self.normalization != "batchnorm":
+            return []
+        return [f"bn{i}.{k}" for i in range(1, self.num_layers) for k in ("running_mean", "running_var")]
+
     def load_buffers(self, buffers):
-        expected = set(self.buffers()) | {
-            f"bn{i}.{k}"
-            for i in range(1, self.num_layers)
-            for k in ("running_mean", "running_var")
-            if self.normalization == "batchnorm"
-        }
-        unknown = set(buffers) - expected
+        unknown = set(buffers) - set(self._buffer_names())
         if unknown:
-            raise KeyError(f"unexpected buffers {sorted(unknown)}; expected a subset of {sorted(expected)}")
+            raise KeyError(f"unexpected buffers {sorted(unknown)}; expected {self._buffer_names()}")
+        for name, value in buffers.items():
+            layer, key = name[2:].split(".")
+            width = self.params[f"gamma{layer}"].shape[0]
+            if tuple(value.shape) != (width,):
+                raise ValueError(f"{name}: expected shape ({width},), got {tuple(value.shape)}")
         for name, value in buffers.items():
             layer, key = name[2:].split(".")
             self.bn_params[int(layer) - 1][key] = value

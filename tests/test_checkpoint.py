@@ -1,0 +1,168 @@
+"""Save / load (npz + JSON manifest, pickle off), cross-backend loading, atomic
+writes and exact resume, including a SIGKILLed CLI run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import portnn
+from portnn import schedules
+from portnn.backends import get_backend
+from portnn.data import load_digits
+from portnn.io import load_arrays
+from tests.helpers import assert_on_backend, to_np
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return {k: v[:200] for k, v in d.items()}
+
+
+def trained_model(backend, digits, **kw):
+    model = portnn.FullyConnectedNet([16, 12], input_dim=64, normalization="batchnorm", dropout_keep_ratio=0.8,
+                                     weight_scale=0.1, seed=0, backend=backend, **kw)
+    portnn.Solver(model, digits, update_rule="adam", batch_size=50, num_epochs=1, verbose=False, seed=0).train()
+    return model
+
+
+def test_model_roundtrip_across_backends(backend, digits, tmp_path):
+    """Saved on ``backend``, loaded on numpy; saved on numpy, loaded on ``backend``."""
+    model = trained_model(backend, digits)
+    path = str(tmp_path / "m.npz")
+    portnn.save(model, path)
+    on_numpy = portnn.load(path, backend="numpy")
+    assert type(on_numpy) is portnn.FullyConnectedNet and on_numpy.backend.name == "numpy"
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(to_np(on_numpy.state_dict()[k]), to_np(v))
+    assert on_numpy.rng_step == model.rng_step
+    portnn.save(on_numpy, path)
+    back = portnn.load(path, backend=backend)
+    for k, v in back.state_dict().items():
+        assert_on_backend(v, backend)
+        np.testing.assert_array_equal(to_np(v), to_np(model.state_dict()[k]))
+    X = digits["X_val"]
+    np.testing.assert_array_equal(back.predict(X), on_numpy.predict(X))
+
+
+def test_cnn_roundtrip(tmp_path):
+    m = portnn.ThreeLayerConvNet(input_dim=(1, 8, 8), num_filters=4, filter_size=3, hidden_dim=10, seed=2)
+    portnn.save(m, str(tmp_path / "c.npz"))
+    m2 = portnn.load(str(tmp_path / "c.npz"), backend="torch" if "torch" in portnn.available_backends() else None)
+    assert m2.config == m.config
+    for k in m.params:
+        np.testing.assert_array_equal(to_np(m2.params[k]), m.params[k])
+
+
+def test_files_are_npz_and_json_without_pickle(digits, tmp_path):
+    model = trained_model("numpy", digits)
+    path = str(tmp_path / "m.npz")
+    portnn.save(model, path)
+    manifest = json.loads(open(path + ".json").read())
+    assert manifest["format"] == "portnn-checkpoint" and manifest["version"] == 1
+    assert manifest["meta"]["model"]["class"] == "FullyConnectedNet"
+    with np.load(path, allow_pickle=False) as z:  # loads with pickle off
+        assert "model.W1" in z.files and "model.bn1.running_var" in z.files
+
+
+def test_atomic_write_keeps_the_old_file_on_a_crash(digits, tmp_path, monkeypatch):
+    model = trained_model("numpy", digits)
+    path = str(tmp_path / "m.npz")
+    portnn.save(model, path)
+    before = open(path, "rb").read()
+
+    def exploding_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", exploding_savez)
+    with pytest.raises(OSError, match="disk full"):
+        portnn.save(model, path)
+    assert open(path, "rb").read() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_load_state_dict_validates_before_changing(backend, digits):
+    model = trained_model(backend, digits)
+    before = {k: to_np(v).copy() for k, v in model.state_dict().items()}
+    good = {k: to_np(v) for k, v in model.state_dict().items()}
+    with pytest.raises(KeyError, match="missing"):
+        model.load_state_dict({k: v for k, v in good.items() if k != "W2"})
+    with pytest.raises(ValueError, match=r"state\['W1'\]: expected shape \(64, 16\)"):
+        model.load_state_dict(dict(good, W1=np.zeros((3, 3))))
+    with pytest.raises(ValueError, match=r"bn1.running_mean: expected shape \(16,\)"):
+        model.load_state_dict(dict(good, **{"bn1.running_mean": np.zeros(5)}))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(to_np(v), before[k])
+
+
+def _solver(data, epochs, prefix=None, schedule=None):
+    model = portnn.FullyConnectedNet([20], input_dim=64, normalization="batchnorm", dropout_keep_ratio=0.8,
+                                     weight_scale=0.1, seed=1)
+    return portnn.Solver(model, data, update_rule="adam", optim_config={"learning_rate": 3e-3}, lr_decay=0.9,
+                         batch_size=32, num_epochs=epochs, checkpoint_name=prefix, verbose=False, seed=5,
+                         lr_schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", [None, schedules.LinearWarmup(5, then=schedules.CosineDecay(20, 0.1))],
+                         ids=["lr_decay", "warmup+cosine"])
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
+def test_resume_is_bit_identical(digits, tmp_path, schedule, stop_after):
+    full = _solver(digits, 4, schedule=schedule).train()
+    _solver(digits, stop_after, prefix=str(tmp_path / "ck"), schedule=schedule).train()
+    resumed = portnn.load(str(tmp_path / f"ck_epoch_{stop_after}.npz"), data=digits, num_epochs=4)
+    assert resumed.epoch == stop_after
+    resumed.train()
+    assert resumed.loss_history == full.loss_history
+    assert resumed.val_acc_history == full.val_acc_history
+    assert resumed.train_acc_history == full.train_acc_history
+    for k, v in full.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
+    assert resumed.optim_configs["W1"]["t"] == full.optim_configs["W1"]["t"]
+    np.testing.assert_array_equal(resumed.optim_configs["W1"]["m"], full.optim_configs["W1"]["m"])
+
+
+def test_resume_on_another_backend(digits, tmp_path):
+    if "torch" not in portnn.available_backends():
+        pytest.skip("torch not installed")
+    _solver(digits, 1, prefix=str(tmp_path / "ck")).train()
+    resumed = portnn.load(str(tmp_path / "ck_epoch_1.npz"), backend="torch", data=digits, num_epochs=2)
+    resumed.train()
+    assert resumed.model.backend.name == "torch" and len(resumed.loss_history) == 2 * 6
+
+
+def _final_arrays(prefix, epoch):
+    arrays, meta = load_arrays(f"{prefix}_epoch_{epoch}.npz")
+    return arrays, meta["solver"]["loss_history"]
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    args = [sys.executable, "-m", "portnn", "train", "--epochs", "8", "--quiet", "--batch-size", "10",
+            "--hidden-dims", "200", "200", "--dropout", "0.2", "--normalization", "batchnorm"]
+    ref = str(tmp_path / "ref")
+    subprocess.run(args + ["--checkpoint", ref], check=True, capture_output=True, timeout=300)
+    run = str(tmp_path / "run")
+    proc = subprocess.Popen(args + ["--checkpoint", run], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(run + "_epoch_2.npz.json") and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(p.split("_epoch_")[1].split(".")[0]) for p in os.listdir(tmp_path)
+                  if p.startswith("run_epoch_") and p.endswith(".npz"))
+    assert done and done[-1] < 8, "the run was not interrupted"
+    out = subprocess.run([sys.executable, "-m", "portnn", "train", "--resume", f"{run}_epoch_{done[-1]}.npz",
+                          "--quiet"], check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "test acc" in out
+    a, la = _final_arrays(ref, 8)
+    b, lb = _final_arrays(run, 8)
+    assert la == lb
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
