@@ -19,12 +19,12 @@ from .backends import (
 )
 from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
 from .io import load, save
-from .solver import Solver
+from .solver import DivergenceError, Solver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "available_backends", "get_backend", "namespace", "set_backend",
     "use_backend", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet", "Solver",
-    "save", "load", "schedules", "backends", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
+    "DivergenceError", "save", "load", "schedules", "backends", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
 ]

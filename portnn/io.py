@@ -137,7 +137,7 @@ def save(obj, path: str) -> None:
 
 def _solver_state(solver):
     be = solver.backend
-    solver._flush_losses()
+    solver._flush_losses()  # (may raise DivergenceError: never checkpoint a diverged run)
     arrays = {f"model.{k}": be.to_numpy(v) for k, v in solver.model.state_dict().items()}
     scalars = {}
     for p, config in solver.optim_configs.items():

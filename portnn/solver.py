@@ -21,6 +21,19 @@ from ._checks import check_float_in, check_positive_int
 from .data.batches import check_labels_host, epoch_permutation, subsample, to_host
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient.
+
+    Attributes: iteration (1-based step that produced it), last_checkpoint (path
+    of the last checkpoint written before it, or None).
+    """
+
+    def __init__(self, message, iteration, last_checkpoint):
+        super().__init__(message)
+        self.iteration = iteration
+        self.last_checkpoint = last_checkpoint
+
+
 class Solver:
     """Trains a classification model (FullyConnectedNet, ThreeLayerConvNet, ...).
 
@@ -47,6 +60,15 @@ class Solver:
     callbacks : objects with optional ``on_iteration(solver)`` and
         ``on_epoch_end(solver)`` methods. Setting ``solver.stop_training = True``
         in one ends training after the current step.
+    on_nonfinite : what to do when a step's loss or gradient is NaN/Inf.
+        "raise" (default): stop with a DivergenceError naming the iteration and the
+        last good checkpoint; best_params are left intact. To avoid a device sync
+        per step the check is read with the losses, i.e. at the next report
+        (print_every) or epoch end, so the model's params may hold the diverged
+        values; best_params and the checkpoints hold good ones.
+        "skip": the bad step's update is not applied (params and optimizer state
+        unchanged) and its iteration is listed in ``skipped_iterations``. This
+        reads one flag per step from the device.
     After ``train()``: loss_history (one float per iteration), train_acc_history,
     val_acc_history (one at the start, then one per epoch), best_val_acc,
     best_params (also copied into the model, with their batchnorm statistics).
@@ -70,6 +92,7 @@ class Solver:
         callbacks=None,
         lr_schedule=None,
         metadata=None,
+        on_nonfinite="raise",
     ):
         self.model = model
         self.backend = model.backend
@@ -102,6 +125,9 @@ class Solver:
         self.seed = prandom.new_seed() if seed is None else int(seed)
         self.callbacks = list(callbacks or [])
         self.metadata = dict(metadata or {})  # saved in checkpoints (e.g. the CLI's arguments)
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
         self._reset()
 
     def _set_data(self, data):
@@ -129,7 +155,8 @@ class Solver:
         self.train_acc_history = []
         self.val_acc_history = []
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
-        self._pending_losses = []
+        self._pending_losses = []  # (iteration, stack([loss, sum of all grads])) on the device
+        self.skipped_iterations = []
         self.stop_training = False
         self.last_checkpoint = None
 
@@ -163,10 +190,21 @@ class Solver:
 
     def _step(self, idx):
         """One gradient step on the training samples ``idx`` (host indices)."""
+        xp = self.backend.xp
         X_batch, y_batch = self._to_device(idx)
         self._apply_schedule()
         loss, grads = self.model._loss_device(X_batch, y_batch)
-        self._pending_losses.append(loss)
+        # NaN/Inf anywhere in a gradient makes its sum non-finite: one cheap
+        # reduction per parameter, read back later together with the loss.
+        grad_sum = None
+        for g in grads.values():
+            grad_sum = xp.sum(g) if grad_sum is None else grad_sum + xp.sum(g)
+        health = xp.stack([loss, grad_sum])
+        self._pending_losses.append((self.iteration + 1, health))
+        if self.on_nonfinite == "skip" and not bool(xp.all(xp.isfinite(health))):
+            self.skipped_iterations.append(self.iteration + 1)
+            self.model.advance_rng()
+            return
         params = self.model.params
         for name, w in params.items():
             next_w, config = self.update_rule(w, grads[name], self.optim_configs[name])
@@ -175,13 +213,29 @@ class Solver:
         self.model.advance_rng()
 
     def _flush_losses(self):
-        """Read the losses gathered on the device since the last report: one transfer."""
+        """Read the losses gathered on the device since the last report (one
+        transfer) and stop on a non-finite one under on_nonfinite="raise"."""
         if not self._pending_losses:
             return
         xp = self.backend.xp
-        values = self.backend.to_numpy(xp.stack(self._pending_losses))
-        self.loss_history.extend(float(v) for v in values)
+        iterations = [it for it, _ in self._pending_losses]
+        values = self.backend.to_numpy(xp.stack([h for _, h in self._pending_losses]))
         self._pending_losses = []
+        self.loss_history.extend(float(v) for v in values[:, 0])
+        if self.on_nonfinite == "raise":
+            for it, (loss, grad_sum) in zip(iterations, values):
+                if not (math.isfinite(loss) and math.isfinite(grad_sum)):
+                    what = "loss" if not math.isfinite(loss) else "gradient"
+                    where = (f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint
+                             else "no checkpoint written yet (set checkpoint_name to keep one)")
+                    raise DivergenceError(
+                        f"training diverged: non-finite {what} ({loss if what == 'loss' else grad_sum}) "
+                        f"at iteration {it} (epoch {self.epoch + 1}); {where}. solver.best_params "
+                        f"still hold the best parameters so far (val acc {self.best_val_acc:.4f}); "
+                        f"try a smaller learning rate, or on_nonfinite='skip'",
+                        it,
+                        self.last_checkpoint,
+                    )
 
     # ------------------------------------------------------------------ accuracy
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):

@@ -71,8 +71,8 @@ def test_losses_reach_host_once_per_report(digits):
     # one stacked transfer of 10 losses per epoch (not one per step), and one
     # transfer of predicted labels per accuracy check (train + val, at start and
     # after each epoch), never one per batch
-    loss_reads = [c for c in calls if c == (10,)]
-    assert loss_reads == [(10,), (10,)]
+    loss_reads = [c for c in calls if c == (10, 2)]  # (loss, gradient-sum health check) per step
+    assert loss_reads == [(10, 2), (10, 2)]
     assert len(calls) == 2 + 2 * 3
 
 
