@@ -64,7 +64,7 @@ def load_arrays(path: str):
             manifest = json.loads(f.read().decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}.json: not a valid portnn manifest ({e})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}.json: not a portnn checkpoint manifest")
     if manifest.get("version") != VERSION:
         raise ValueError(
@@ -257,3 +257,34 @@ def _build_solver(path, model, arrays, smeta, data, overrides):
     solver._best_buffers = {k: be.asarray(v, dtype=dtype) for k, v in _group(arrays, "best_buffers.").items()}
     solver.last_checkpoint = path
     return solver
+
+
+def load_into(model, path: str) -> None:
+    """Load the params (and buffers) saved in ``path`` into an existing ``model``.
+
+    The file must hold the same model class and architecture. Everything is read
+    and checked before the model is touched: a damaged, mismatched or refused
+    file raises and leaves the model exactly as it was.
+    """
+    arrays, meta = load_arrays(path)
+    mmeta = meta.get("model") if isinstance(meta, dict) else None
+    if not mmeta:
+        raise ValueError(f"{path}: not a portnn model or solver checkpoint")
+    if mmeta.get("class") != type(model).__name__ or _architecture(mmeta.get("config", {})) != _architecture(
+        _jsonable(model.config)
+    ):
+        raise ValueError(
+            f"{path}: holds a {mmeta.get('class')} with config {mmeta.get('config')}, "
+            f"not this {type(model).__name__} with config {model.config}"
+        )
+    model.load_state_dict(_group(arrays, "model."))
+    model.rng_step = int(mmeta.get("rng_step", 0))
+
+
+def _architecture(config):
+    """The constructor arguments that decide which params exist and their shapes."""
+    return {k: v for k, v in config.items() if k not in ("seed", "reg", "weight_scale", "dtype", "dropout_keep_ratio")}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))

@@ -56,6 +56,7 @@ def test_raise_without_checkpoint_says_so(digits):
         poisoned_solver(digits, bad_at={2}).train()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_diverging_learning_rate_is_caught(digits):
     model = portnn.FullyConnectedNet([50, 50], input_dim=64, weight_scale=1.0, seed=0)
     solver = portnn.Solver(model, digits, update_rule="sgd", optim_config={"learning_rate": 1e6},

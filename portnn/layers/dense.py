@@ -51,8 +51,8 @@ def affine_backward(dout, cache, need_dx=True):
     """
     x, w = cache
     xp = namespace(dout, w)
-    n = x.shape[0]
-    x2 = xp.reshape(x, (n, -1))
+    # An explicit D (not -1): reshape cannot infer -1 when the batch is empty.
+    x2 = xp.reshape(x, (x.shape[0], w.shape[0]))
     dw = x2.mT @ dout
     db = xp.sum(dout, axis=0)
     dx = xp.reshape(dout @ w.mT, x.shape) if need_dx else None

@@ -1,0 +1,679 @@
+"""The bad-input matrix (docs/errors.md): every public function and constructor
+under wrong ranks/shapes, empty batches, wrong dtypes, NaN/Inf, bad labels, bad
+strides/pads/pools, out-of-range hyper-parameters, mixed backends/devices and
+non-contiguous inputs.
+
+Each row either raises ValueError/TypeError whose message names the argument and
+says what was expected and what came, or has a documented result that the row
+checks. Rows with state (bn_param, optimizer config, model params) also check
+that nothing was changed by the failing call. ``test_docs_list_every_row``
+keeps docs/errors.md and this table in step.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import portnn
+from portnn import layers as L
+from portnn import optim
+from portnn.backends import BackendError, get_backend
+from tests.helpers import to_np
+
+ROWS = {}
+
+
+def row(rid, exc=None, match=None):
+    """Register a matrix row. The function gets a Backend and either performs the
+    bad call (exc given: it must raise exc matching ``match``), or returns
+    ``(call, snapshot)`` when the call involves state (bn_param, optimizer config,
+    model params): then ``snapshot()`` must be the same before and after the
+    failing ``call()``. With exc None the row checks a documented result itself."""
+
+    def deco(fn):
+        assert rid not in ROWS, rid
+        ROWS[rid] = (fn, exc, match)
+        return fn
+
+    return deco
+
+
+def A(be, *shape, dtype="float64", seed=0):
+    return be.asarray(np.random.default_rng(seed).standard_normal(shape), dtype=dtype)
+
+
+def I(be, values):
+    return be.asarray(np.asarray(values, dtype=np.int64))
+
+
+def raw(be, host):
+    """A host array of any dtype on the backend (bypasses float conversion)."""
+    return be.xp.asarray(np.asarray(host), device=be.device)
+
+
+# ---------------------------------------------------------------- affine / relu
+@row("affine.x_w_mismatch", ValueError, r"w: expected shape \(12, M\).*got \(10, 3\)")
+def _(be): L.affine_forward(A(be, 2, 3, 4), A(be, 10, 3), A(be, 3))
+
+
+@row("affine.w_rank", ValueError, r"w: expected a 2-d array, got shape \(12,\)")
+def _(be): L.affine_forward(A(be, 2, 12), A(be, 12), A(be, 3))
+
+
+@row("affine.b_shape", ValueError, r"b: expected shape \(3,\)")
+def _(be): L.affine_forward(A(be, 2, 4), A(be, 4, 3), A(be, 4))
+
+
+@row("affine.x_int", TypeError, r"x: expected a float32 or float64 array, got dtype int64")
+def _(be): L.affine_forward(raw(be, np.ones((2, 4), dtype=np.int64)), A(be, 4, 3), A(be, 3))
+
+
+@row("affine.x_bool", TypeError, r"x: expected a float32 or float64 array, got dtype bool")
+def _(be): L.affine_forward(raw(be, np.ones((2, 4), dtype=bool)), A(be, 4, 3), A(be, 3))
+
+
+@row("affine.x_float16", TypeError, r"x: expected a float32 or float64 array, got dtype float16")
+def _(be):
+    if not hasattr(be.xp, "float16"):
+        pytest.skip(f"{be.name} has no float16")
+    L.affine_forward(be.xp.astype(A(be, 2, 4), be.xp.float16), A(be, 4, 3), A(be, 3))
+
+
+@row("affine.x_complex", TypeError, r"x: expected a float32 or float64 array, got dtype complex128")
+def _(be): L.affine_forward(raw(be, np.ones((2, 4), dtype=np.complex128)), A(be, 4, 3), A(be, 3))
+
+
+@row("affine.dtype_mix", TypeError, r"w: expected dtype float64 \(the dtype of x\), got float32")
+def _(be): L.affine_forward(A(be, 2, 4), A(be, 4, 3, dtype="float32"), A(be, 3))
+
+
+@row("affine.empty_batch")
+def _(be):
+    out, cache = L.affine_forward(A(be, 0, 4), A(be, 4, 3), A(be, 3))
+    assert tuple(out.shape) == (0, 3)
+    dx, dw, db = L.affine_backward(A(be, 0, 3), cache)
+    assert tuple(dx.shape) == (0, 4) and float(be.xp.sum(dw * dw)) == 0.0
+
+
+@row("affine.nan_propagates")
+def _(be):
+    x = np.ones((2, 4))
+    x[1, 2] = np.nan
+    out, _ = L.affine_forward(be.asarray(x), A(be, 4, 3), A(be, 3))
+    o = to_np(out)
+    assert np.isfinite(o[0]).all() and np.isnan(o[1]).all()
+
+
+@row("affine.transposed_input")
+def _(be):
+    x = A(be, 4, 5)
+    xt = be.xp.matrix_transpose(x)  # a non-contiguous view (5, 4)
+    w, b = A(be, 4, 3, seed=1), A(be, 3, seed=2)
+    out, _ = L.affine_forward(xt, w, b)
+    expected = to_np(x).T @ to_np(w) + to_np(b)
+    np.testing.assert_allclose(to_np(out), expected, rtol=1e-12)
+
+
+@row("affine.strided_input")
+def _(be):
+    x = A(be, 6, 8)
+    xs = x[::2, 1::2]  # non-contiguous slice
+    out, _ = L.affine_forward(xs, A(be, 4, 3, seed=1), A(be, 3, seed=2))
+    np.testing.assert_allclose(to_np(out), to_np(x)[::2, 1::2] @ to_np(A(be, 4, 3, seed=1)) + to_np(A(be, 3, seed=2)),
+                               rtol=1e-12)
+
+
+@row("relu.x_int", TypeError, r"x: expected a float32 or float64 array, got dtype int64")
+def _(be): L.relu_forward(raw(be, np.ones(3, dtype=np.int64)))
+
+
+@row("relu.nan_propagates")
+def _(be):
+    out, _ = L.relu_forward(be.asarray(np.array([np.nan, -1.0, 2.0])))
+    o = to_np(out)
+    assert np.isnan(o[0]) and o[1] == 0.0 and o[2] == 2.0
+
+
+# ---------------------------------------------------------------- losses
+@row("loss.labels_out_of_range", ValueError, r"y: labels must lie in \[0, 3\), got values in \[0, 5\]")
+def _(be): L.softmax_loss(A(be, 3, 3), I(be, [0, 5, 1]))
+
+
+@row("loss.labels_negative", ValueError, r"y: labels must lie in \[0, 3\), got values in \[-2, 1\]")
+def _(be): L.svm_loss(A(be, 3, 3), I(be, [0, -2, 1]))
+
+
+@row("loss.labels_float", TypeError, r"y: expected integer labels, got dtype float64")
+def _(be): L.softmax_loss(A(be, 3, 3), A(be, 3))
+
+
+@row("loss.labels_bool", TypeError, r"y: expected integer labels, got dtype bool")
+def _(be): L.softmax_loss(A(be, 3, 3), raw(be, np.array([True, False, True])))
+
+
+@row("loss.labels_shape", ValueError, r"y: expected shape \(3,\) to match the batch, got \(3, 1\)")
+def _(be): L.softmax_loss(A(be, 3, 3), I(be, [[0], [1], [2]]))
+
+
+@row("loss.scores_rank", ValueError, r"x: expected a 2-d array, got shape \(3,\)")
+def _(be): L.softmax_loss(A(be, 3), I(be, [0, 1, 2]))
+
+
+@row("loss.empty_batch", ValueError, r"x: expected a non-empty batch \(N >= 1\)")
+def _(be): L.softmax_loss(A(be, 0, 3), I(be, np.zeros(0, dtype=np.int64)))
+
+
+@row("loss.nan_scores")
+def _(be):
+    loss, dx = L.softmax_loss(be.asarray(np.array([[np.nan, 0.0], [1.0, 0.0]])), I(be, [0, 1]))
+    assert math.isnan(loss)  # NaN in, NaN out: the Solver's divergence check catches it
+
+
+@row("loss.int32_labels_ok")
+def _(be):
+    y = be.xp.astype(I(be, [0, 1, 2]), be.xp.int32)
+    loss, _ = L.softmax_loss(A(be, 3, 3), y)
+    assert math.isfinite(loss)
+
+
+# ---------------------------------------------------------------- normalisation
+def _bn(be):
+    return A(be, 4, 3), A(be, 3, seed=1), A(be, 3, seed=2)
+
+
+def _param_snapshot(p):
+    return lambda: {k: (to_np(v).tolist() if hasattr(v, "shape") else v) for k, v in p.items()}
+
+
+@row("batchnorm.mode_missing", ValueError, r"bn_param\['mode'\]: expected 'train' or 'test', got None")
+def _(be):
+    p = {}
+    L.batchnorm_forward(*_bn(be), p)
+
+
+@row("batchnorm.gamma_shape", ValueError, r"gamma: expected shape \(3,\).*got \(4,\)")
+def _(be):
+    x, _, b = _bn(be)
+    p = {"mode": "train", "running_mean": A(be, 3), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(x, A(be, 4), b, p)), _param_snapshot(p)
+
+
+@row("batchnorm.eps_nonpositive", ValueError, r"eps: expected a value in \(0.0, inf\], got 0.0")
+def _(be):
+    p = {"mode": "train", "eps": 0.0, "running_mean": A(be, 3), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.momentum_range", ValueError, r"momentum: expected a value in \[0.0, 1.0\], got 1.5")
+def _(be):
+    p = {"mode": "train", "momentum": 1.5, "running_mean": A(be, 3), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.running_stats_shape", ValueError, r"bn_param\['running_mean'\]: expected shape \(3,\), got \(5,\)")
+def _(be):
+    p = {"mode": "train", "running_mean": A(be, 5), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.empty_batch_train", ValueError, r"x: batchnorm in train mode needs a non-empty batch")
+def _(be):
+    p = {"mode": "train"}
+    return (lambda: L.batchnorm_forward(A(be, 0, 3), A(be, 3), A(be, 3), p)), _param_snapshot(p)
+
+
+@row("batchnorm.single_sample")
+def _(be):
+    out, _ = L.batchnorm_forward(A(be, 1, 3), A(be, 3, seed=1), A(be, 3, seed=2), {"mode": "train"})
+    # one sample: zero variance -> xhat = 0 and out = beta (finite, as in torch eval of a constant)
+    np.testing.assert_allclose(to_np(out), to_np(A(be, 3, seed=2))[None, :], atol=1e-12)
+
+
+@row("batchnorm.x_rank", ValueError, r"x: expected a 2-d array, got shape \(2, 3, 4\)")
+def _(be): L.batchnorm_forward(A(be, 2, 3, 4), A(be, 3), A(be, 3), {"mode": "train"})
+
+
+@row("layernorm.eps_negative", ValueError, r"eps: expected a value in \(0.0, inf\]")
+def _(be): L.layernorm_forward(*_bn(be), {"eps": -1e-5})
+
+
+@row("spatial_batchnorm.x_rank", ValueError, r"x: expected a 4-d array, got shape \(4, 3\)")
+def _(be): L.spatial_batchnorm_forward(A(be, 4, 3), A(be, 3), A(be, 3), {"mode": "train"})
+
+
+@row("groupnorm.G_not_dividing", ValueError, r"G: expected a positive integer dividing C=6, got 4")
+def _(be): L.spatial_groupnorm_forward(A(be, 2, 6, 3, 3), A(be, 1, 6, 1, 1), A(be, 1, 6, 1, 1), 4, {})
+
+
+@row("groupnorm.G_zero", ValueError, r"G: expected a positive integer dividing C=6, got 0")
+def _(be): L.spatial_groupnorm_forward(A(be, 2, 6, 3, 3), A(be, 1, 6, 1, 1), A(be, 1, 6, 1, 1), 0, {})
+
+
+@row("groupnorm.gamma_shape", ValueError, r"gamma: expected shape \(1, 6, 1, 1\).*got \(6,\)")
+def _(be): L.spatial_groupnorm_forward(A(be, 2, 6, 3, 3), A(be, 6), A(be, 1, 6, 1, 1), 2, {})
+
+
+# ---------------------------------------------------------------- dropout
+@row("dropout.keep_zero", ValueError, r"p \(keep probability\): expected a value in \(0.0, 1.0\], got 0")
+def _(be): L.dropout_forward(A(be, 3, 3), {"p": 0, "mode": "train"})
+
+
+@row("dropout.keep_above_one", ValueError, r"p \(keep probability\): expected a value in \(0.0, 1.0\], got 1.2")
+def _(be): L.dropout_forward(A(be, 3, 3), {"p": 1.2, "mode": "train"})
+
+
+@row("dropout.keep_missing", TypeError, r"p \(keep probability\): expected a real number, got None")
+def _(be): L.dropout_forward(A(be, 3, 3), {"mode": "train"})
+
+
+@row("dropout.mode", ValueError, r"dropout_param\['mode'\]: expected 'train' or 'test', got 'eval'")
+def _(be): L.dropout_forward(A(be, 3, 3), {"p": 0.5, "mode": "eval"})
+
+
+@row("dropout.x_int", TypeError, r"x: expected a float32 or float64 array, got dtype int64")
+def _(be): L.dropout_forward(raw(be, np.ones(3, dtype=np.int64)), {"p": 0.5, "mode": "train"})
+
+
+@row("dropout.empty")
+def _(be):
+    out, _ = L.dropout_forward(A(be, 0, 5), {"p": 0.5, "mode": "train", "seed": 1})
+    assert tuple(out.shape) == (0, 5)
+
+
+# ---------------------------------------------------------------- conv / pool
+def _conv(be, x=(2, 3, 6, 6), w=(4, 3, 3, 3)):
+    return A(be, *x), A(be, *w, seed=1), A(be, w[0], seed=2)
+
+
+@row("conv.channel_mismatch", ValueError, r"w: expected 3 input channels.*got w of shape \(4, 2, 3, 3\)")
+def _(be): L.conv_forward(*_conv(be, w=(4, 2, 3, 3)), {"stride": 1, "pad": 1})
+
+
+@row("conv.x_rank", ValueError, r"x: expected a 4-d array \(N, C, H, W\), got shape \(3, 6, 6\)")
+def _(be): L.conv_forward(A(be, 3, 6, 6), A(be, 4, 3, 3, 3), A(be, 4), {"stride": 1, "pad": 0})
+
+
+@row("conv.stride_zero", ValueError, r"conv_param\['stride'\]: expected an integer >= 1, got 0")
+def _(be): L.conv_forward(*_conv(be), {"stride": 0, "pad": 1})
+
+
+@row("conv.stride_negative", ValueError, r"conv_param\['stride'\]: expected an integer >= 1, got -2")
+def _(be): L.conv_forward(*_conv(be), {"stride": -2, "pad": 1})
+
+
+@row("conv.stride_float", TypeError, r"conv_param\['stride'\]: expected an integer >= 1, got 1.5")
+def _(be): L.conv_forward(*_conv(be), {"stride": 1.5, "pad": 1})
+
+
+@row("conv.pad_negative", ValueError, r"conv_param\['pad'\]: expected an integer >= 0, got -1")
+def _(be): L.conv_forward(*_conv(be), {"stride": 1, "pad": -1})
+
+
+@row("conv.kernel_too_large", ValueError, r"w: kernel 9x9 is larger than the padded input 8x8")
+def _(be): L.conv_forward(*_conv(be, w=(4, 3, 9, 9)), {"stride": 1, "pad": 1})
+
+
+@row("conv.b_shape", ValueError, r"b: expected shape \(4,\)")
+def _(be):
+    x, w, _ = _conv(be)
+    L.conv_forward(x, w, A(be, 3), {"stride": 1, "pad": 1})
+
+
+@row("conv.x_int", TypeError, r"x: expected a float32 or float64 array, got dtype int64")
+def _(be):
+    _, w, b = _conv(be)
+    L.conv_forward(raw(be, np.ones((2, 3, 6, 6), dtype=np.int64)), w, b, {"stride": 1, "pad": 1})
+
+
+@row("conv.dout_shape", ValueError, r"dout: expected shape \(2, 4, 6, 6\) \(the forward's output\)")
+def _(be):
+    _, cache = L.conv_forward(*_conv(be), {"stride": 1, "pad": 1})
+    L.conv_backward(A(be, 2, 4, 5, 5), cache)
+
+
+@row("conv.floor_output_size")
+def _(be):
+    out, _ = L.conv_forward(*_conv(be, x=(1, 3, 7, 7)), {"stride": 2, "pad": 0})
+    assert tuple(out.shape) == (1, 4, 3, 3)  # 1 + (7 - 3) // 2, the last column is dropped (PyTorch's floor)
+
+
+@row("conv.empty_batch")
+def _(be):
+    out, cache = L.conv_forward(*_conv(be, x=(0, 3, 6, 6)), {"stride": 1, "pad": 1})
+    assert tuple(out.shape) == (0, 4, 6, 6)
+    dx, dw, db = L.conv_backward(A(be, 0, 4, 6, 6), cache)
+    assert tuple(dx.shape) == (0, 3, 6, 6) and float(be.xp.sum(dw * dw)) == 0.0
+
+
+@row("conv.noncontiguous_input")
+def _(be):
+    x, w, b = _conv(be, x=(2, 3, 6, 8))
+    xv = x[:, :, :, ::2]  # strided view (2, 3, 6, 4)
+    out, _ = L.conv_forward(xv, w, b, {"stride": 1, "pad": 1})
+    ref, _ = L.conv_forward(be.asarray(np.ascontiguousarray(to_np(x)[:, :, :, ::2])), w, b, {"stride": 1, "pad": 1})
+    np.testing.assert_allclose(to_np(out), to_np(ref), rtol=1e-13, atol=1e-13)
+
+
+POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+
+@row("pool.window_too_large", ValueError, r"pool_param: window 5x5 is larger than the input 4x4")
+def _(be): L.max_pool_forward(A(be, 1, 2, 4, 4), {"pool_height": 5, "pool_width": 5, "stride": 1})
+
+
+@row("pool.stride_zero", ValueError, r"pool_param\['stride'\]: expected an integer >= 1, got 0")
+def _(be): L.max_pool_forward(A(be, 1, 2, 4, 4), dict(POOL, stride=0))
+
+
+@row("pool.height_zero", ValueError, r"pool_param\['pool_height'\]: expected an integer >= 1, got 0")
+def _(be): L.max_pool_forward(A(be, 1, 2, 4, 4), dict(POOL, pool_height=0))
+
+
+@row("pool.missing_key", (ValueError, KeyError, TypeError), r"pool_param.*'pool_width'")
+def _(be): L.max_pool_forward(A(be, 1, 2, 4, 4), {"pool_height": 2, "stride": 2})
+
+
+@row("pool.x_rank", ValueError, r"x: expected a 4-d array \(N, C, H, W\), got shape \(2, 4, 4\)")
+def _(be): L.max_pool_forward(A(be, 2, 4, 4), POOL)
+
+
+@row("pool.nan_propagates")
+def _(be):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 0] = np.nan
+    out, _ = L.max_pool_forward(be.asarray(x), POOL)
+    o = to_np(out)
+    assert np.isnan(o[0, 0, 0, 0]) and np.isfinite(o[0, 0, 1, 1])
+
+
+@row("pool.non_tiling_floor")
+def _(be):
+    out, _ = L.max_pool_forward(A(be, 1, 1, 5, 5), POOL)
+    assert tuple(out.shape) == (1, 1, 2, 2)  # the last row/column are not covered, as in PyTorch
+
+
+# ---------------------------------------------------------------- optimizers
+def _opt(be):
+    return A(be, 3, 2), A(be, 3, 2, seed=1)
+
+
+def _config_snapshot(cfg):
+    return lambda: {k: (to_np(v).tolist() if hasattr(v, "shape") else v) for k, v in cfg.items()}
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_optimizer_rows_all_rules(backend, rule):
+    """Each update rule refuses the same bad inputs and leaves its config alone."""
+    fn = optim.get_update_rule(rule)
+    w, dw = _opt(backend)
+    cfg = {"learning_rate": 1e-2}
+    fn(w, dw, cfg)  # create state
+    snap = _config_snapshot(cfg)
+    before = snap()
+    with pytest.raises(ValueError, match=r"dw: expected shape \(3, 2\)"):
+        fn(w, A(backend, 2, 3), cfg)
+    with pytest.raises(ValueError, match=r"learning_rate"):
+        fn(w, dw, dict(cfg, learning_rate=-1.0))
+    assert snap() == before
+
+
+@row("optim.lr_negative", ValueError, r"config\['learning_rate'\]: expected a finite number >= 0, got -0.1")
+def _(be):
+    cfg = {"learning_rate": -0.1}
+    return (lambda: optim.sgd(*_opt(be), cfg)), _config_snapshot(cfg)
+
+
+@row("optim.lr_nan", ValueError, r"config\['learning_rate'\]: expected a finite number >= 0, got nan")
+def _(be): optim.adam(*_opt(be), {"learning_rate": float("nan")})
+
+
+@row("optim.momentum_range", ValueError, r"config\['momentum'\]: expected a value in \[0, 1\), got 1.0")
+def _(be):
+    w, dw = _opt(be)
+    cfg = {}
+    optim.sgd_momentum(w, dw, cfg)
+    cfg["momentum"] = 1.0
+    return (lambda: optim.sgd_momentum(w, dw, cfg)), _config_snapshot(cfg)
+
+
+@row("optim.decay_rate_range", ValueError, r"config\['decay_rate'\]: expected a value in \[0, 1\)")
+def _(be): optim.rmsprop(*_opt(be), {"decay_rate": -0.5})
+
+
+@row("optim.beta1_range", ValueError, r"config\['beta1'\]: expected a value in \[0, 1\)")
+def _(be): optim.adam(*_opt(be), {"beta1": 1.5})
+
+
+@row("optim.epsilon_zero", ValueError, r"config\['epsilon'\]: expected a finite number > 0, got 0")
+def _(be): optim.adam(*_opt(be), {"epsilon": 0})
+
+
+@row("optim.dtype_mismatch", TypeError, r"dw: expected dtype float64 \(the dtype of w\), got float32")
+def _(be): optim.sgd(A(be, 3, 2), A(be, 3, 2, dtype="float32"))
+
+
+@row("optim.int_params", TypeError, r"w: expected a float32 or float64 array, got dtype int64")
+def _(be): optim.sgd(raw(be, np.ones((2,), dtype=np.int64)), raw(be, np.ones((2,), dtype=np.int64)))
+
+
+@row("optim.unknown_rule", ValueError, r"update_rule: unknown update rule 'adamw'; known rules: \['adam', 'rmsprop', 'sgd', 'sgd_momentum'\]")
+def _(be): optim.get_update_rule("adamw")
+
+
+# ---------------------------------------------------------------- mixed backends / devices
+@row("mixed.two_devices", ValueError, r"arrays on different devices in one call")
+def _(be):
+    try:
+        other = get_backend("array_api_strict:device1")
+        here = get_backend("array_api_strict")
+    except BackendError as e:
+        pytest.skip(str(e))
+    L.affine_forward(here.asarray(np.ones((2, 3))), other.asarray(np.ones((3, 2))), other.asarray(np.ones(2)))
+
+
+@row("mixed.two_backends", TypeError, r"arrays of different backends in one call")
+def _(be):
+    other = "numpy" if be.name != "numpy" else ("torch" if "torch" in portnn.available_backends() else "array_api_strict")
+    ob = get_backend(other)
+    L.relu_backward(A(be, 3), ob.asarray(np.ones(3)))
+
+
+@row("mixed.optimizer_state_other_device", (ValueError, TypeError), r"dw|config")
+def _(be):
+    other = "numpy" if be.name != "numpy" else "array_api_strict"
+    ob = get_backend(other)
+    w = A(be, 3)
+    cfg = {"learning_rate": 0.1}
+    return (lambda: optim.sgd(w, ob.asarray(np.ones(3)), cfg)), _config_snapshot(cfg)
+
+
+# ---------------------------------------------------------------- models
+def _fcn(be, **kw):
+    return portnn.FullyConnectedNet([5], input_dim=4, num_classes=3, seed=0, backend=be, dtype="float64", **kw)
+
+
+def _params_snapshot(model):
+    return lambda: {k: to_np(v).tolist() for k, v in model.state_dict().items()}
+
+
+@row("model.keep_ratio_zero", ValueError, r"dropout_keep_ratio: expected a value in \(0.0, 1.0\], got 0")
+def _(be): _fcn(be, dropout_keep_ratio=0)
+
+
+@row("model.reg_negative", ValueError, r"reg: expected a value in \[0.0, inf\], got -1")
+def _(be): _fcn(be, reg=-1)
+
+
+@row("model.weight_scale_nan", ValueError, r"weight_scale: expected a value in \[0.0, inf\], got nan")
+def _(be): _fcn(be, weight_scale=float("nan"))
+
+
+@row("model.hidden_dims_zero", ValueError, r"hidden_dims\[1\]: expected an integer >= 1, got 0")
+def _(be): portnn.FullyConnectedNet([5, 0], backend=be)
+
+
+@row("model.unknown_normalization", ValueError, r"normalization: expected one of \[None, 'batchnorm', 'layernorm'\], got 'groupnorm'")
+def _(be): _fcn(be, normalization="groupnorm")
+
+
+@row("model.dtype_int", ValueError, r"dtype: expected one of \('float32', 'float64'\).*got 'int32'")
+def _(be): portnn.TwoLayerNet(dtype="int32", backend=be)
+
+
+@row("model.unknown_backend", BackendError, r"backend: unknown backend 'tensorflow'.*available here")
+def _(be): portnn.TwoLayerNet(backend="tensorflow")
+
+
+@row("model.host_data_for_device_model", TypeError, r"X: expected an array of the '\w+' backend")
+def _(be):
+    if be.name == "numpy":
+        pytest.skip("on the numpy backend host arrays ARE the backend's arrays")
+    m = _fcn(be)
+    return (lambda: m.loss(np.ones((2, 4)), np.zeros(2, dtype=np.int64))), _params_snapshot(m)
+
+
+@row("model.wrong_dtype_X", TypeError, r"X: expected dtype float64 \(the model's dtype\), got float32")
+def _(be): _fcn(be).loss(A(be, 2, 4, dtype="float32"))
+
+
+@row("model.wrong_features", ValueError, r"X: expected shape \(N, 4\), got \(2, 5\)")
+def _(be): _fcn(be).loss(A(be, 2, 5))
+
+
+@row("model.labels_out_of_range", ValueError, r"y: labels must lie in \[0, 3\), got values in \[0, 3\]")
+def _(be):
+    m = _fcn(be, normalization="batchnorm")
+    return (lambda: m.loss(A(be, 3, 4), I(be, [0, 1, 3]))), _params_snapshot(m)
+
+
+@row("model.cnn_input_dim", ValueError, r"input_dim: expected \(C, H, W\), got \(3, 32\)")
+def _(be): portnn.ThreeLayerConvNet(input_dim=(3, 32), backend=be)
+
+
+@row("model.cnn_filter_too_large", ValueError, r"filter_size: 2 is too large for 2x2 inputs")
+def _(be): portnn.ThreeLayerConvNet(input_dim=(1, 2, 2), filter_size=2, backend=be)
+
+
+@row("model.load_state_wrong_shape", ValueError, r"state\['W1'\]: expected shape \(4, 5\), got \(5, 4\)")
+def _(be):
+    m = _fcn(be)
+    state = {k: to_np(v) for k, v in m.state_dict().items()}
+    state["W1"] = state["W1"].T.copy()
+    return (lambda: m.load_state_dict(state)), _params_snapshot(m)
+
+
+@row("model.empty_batch_scores")
+def _(be):
+    assert tuple(_fcn(be).loss(A(be, 0, 4)).shape) == (0, 3)
+
+
+# ---------------------------------------------------------------- solver
+def _data(n=20):
+    rng = np.random.default_rng(0)
+    return {"X_train": rng.standard_normal((n, 4)), "y_train": rng.integers(0, 3, n),
+            "X_val": rng.standard_normal((5, 4)), "y_val": rng.integers(0, 3, 5)}
+
+
+@row("solver.unknown_rule", ValueError, r"update_rule: unknown update rule 'nesterov'")
+def _(be): portnn.Solver(_fcn(be), _data(), update_rule="nesterov")
+
+
+@row("solver.missing_data_key", ValueError, r"data: missing key 'y_val'")
+def _(be): portnn.Solver(_fcn(be), {k: v for k, v in _data().items() if k != "y_val"})
+
+
+@row("solver.labels_float", TypeError, r"data\['y_train'\]: expected integer labels, got dtype float64")
+def _(be): portnn.Solver(_fcn(be), dict(_data(), y_train=np.zeros(20)))
+
+
+@row("solver.labels_out_of_range", ValueError, r"data\['y_val'\]: labels must lie in \[0, 3\), got values in \[0, 7\]")
+def _(be): portnn.Solver(_fcn(be), dict(_data(), y_val=np.array([0, 1, 7, 2, 0])))
+
+
+@row("solver.rows_mismatch", ValueError, r"data\['y_train'\]: expected shape \(20,\) to match the images, got \(19,\)")
+def _(be): portnn.Solver(_fcn(be), dict(_data(), y_train=np.zeros(19, dtype=np.int64)))
+
+
+@row("solver.empty_train", ValueError, r"data\['X_train'\]: expected at least one training sample, got 0")
+def _(be): portnn.Solver(_fcn(be), dict(_data(), X_train=np.zeros((0, 4)), y_train=np.zeros(0, dtype=np.int64)))
+
+
+@row("solver.batch_size_zero", ValueError, r"batch_size: expected an integer >= 1, got 0")
+def _(be): portnn.Solver(_fcn(be), _data(), batch_size=0)
+
+
+@row("solver.lr_negative", ValueError, r"optim_config\['learning_rate'\]: expected a value in \[0.0, inf\], got -0.01")
+def _(be): portnn.Solver(_fcn(be), _data(), optim_config={"learning_rate": -0.01})
+
+
+@row("solver.lr_decay_negative", ValueError, r"lr_decay: expected a value in \[0.0, inf\], got -0.5")
+def _(be): portnn.Solver(_fcn(be), _data(), lr_decay=-0.5)
+
+
+@row("solver.batch_larger_than_data")
+def _(be):
+    s = portnn.Solver(_fcn(be), _data(), batch_size=1000, num_epochs=1, verbose=False, seed=0)
+    s.train()  # one step per epoch on all 20 samples (a batch larger than the data is clamped)
+    assert s.iteration == 1 and len(s.loss_history) == 1
+
+
+# ---------------------------------------------------------------- data / io / backends
+@row("data.digits_bad_split", ValueError, r"num_val")
+def _(be):
+    from portnn.data import load_digits
+    load_digits(num_val=-1)
+
+
+@row("data.cifar_missing_folder", FileNotFoundError, r"CIFAR-10")
+def _(be):
+    from portnn.data import load_cifar10
+    load_cifar10("/nonexistent/cifar-10-batches-py")
+
+
+@row("io.missing_file", FileNotFoundError, r"nope.npz")
+def _(be): portnn.load("/nonexistent/nope.npz")
+
+
+@row("io.save_wrong_object", TypeError, r"obj: expected a portnn model or Solver, got dict")
+def _(be): portnn.save({}, "/tmp/never-written.npz")
+
+
+@row("backend.unknown_device", BackendError, r"array_api_strict: unknown device 'device9'")
+def _(be): get_backend("array_api_strict:device9")
+
+
+@row("backend.asarray_other_backend", TypeError, r"got an array of another backend")
+def _(be):
+    other = get_backend("array_api_strict" if be.name != "array_api_strict" else "torch")
+    be.asarray(other.asarray(np.ones(2)))
+
+
+# ---------------------------------------------------------------- the tests
+@pytest.mark.parametrize("rid", sorted(ROWS))
+def test_matrix_row(backend, rid):
+    fn, exc, match = ROWS[rid]
+    if exc is None:
+        assert fn(backend) is None
+        return
+    stateful = None
+    with pytest.raises(exc, match=match):
+        result = fn(backend)
+        if result is not None:
+            call, snapshot = result
+            stateful = (snapshot, snapshot())
+            call()
+    if stateful is not None:
+        snapshot, before = stateful
+        assert snapshot() == before, "the failing call changed state"
+
+
+def test_docs_list_every_row():
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "errors.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Za-z_0-9]+\.[A-Za-z_0-9]+)` \|", doc, re.M))
+    assert listed >= set(ROWS), sorted(set(ROWS) - listed)
+    assert not (listed - set(ROWS)), sorted(listed - set(ROWS))
