@@ -82,3 +82,16 @@ def pytest_terminal_summary(terminalreporter):
                 skipped_reasons.add(rep.longrepr[2])
         for r in sorted(skipped_reasons):
             terminalreporter.write_line(f"  cupy skipped because: {r}")
+
+
+# Hypothesis profiles: "ci" (default) keeps the property tests to a few seconds;
+# HYPOTHESIS_PROFILE=deep runs many more examples locally.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("deep", max_examples=1000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra; its tests skip without it
+    pass
