@@ -70,6 +70,11 @@ def _build_parser():
     t.add_argument("--save", default=None, metavar="PATH", help="save the final (best) model to PATH")
     t.add_argument("--print-every", type=int, default=None, help="log the loss every N iterations")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
+    t.add_argument("--distributed", choices=["auto", "none", "mpi", "nccl"], default="auto",
+                   help="data-parallel training over several processes: run 'mpiexec -n N portnn train ...' "
+                        "(pip install 'portnn[mpi]'). auto = MPI when started by mpiexec with N > 1, "
+                        "else one process; nccl = NCCL between GPUs (cupy backend). --batch-size is per "
+                        "process (a step sees N x batch-size samples); only rank 0 prints and writes files")
 
     e = sub.add_parser("eval", help="accuracy of a saved model or checkpoint on a dataset's val/test split",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -172,14 +177,58 @@ _RUN_OPTIONS = (
 
 
 def _fail(command, e):
-    raise SystemExit(f"portnn {command}: {e}")
+    from .distributed import mark_all_ranks, raised_on_all_ranks
+
+    exit_ = SystemExit(f"portnn {command}: {e}")
+    handling = sys.exc_info()[1]  # the error being reported, when called from an except clause
+    if any(isinstance(x, BaseException) and raised_on_all_ranks(x) for x in (e, handling)):
+        mark_all_ranks(exit_)  # every rank fails the same way: no abort needed
+    raise exit_
+
+
+def _communicator(args):
+    from .distributed import create_communicator
+
+    if args.distributed == "none":
+        return None
+    try:
+        comm = create_communicator(args.distributed)
+    except (ImportError, RuntimeError, ValueError) as e:
+        _fail("train", f"--distributed {args.distributed}: {e}")
+    return comm if comm.size > 1 else None
 
 
 def cmd_train(args):
+    from .distributed import raised_on_all_ranks
+    from .solver import DivergenceError
+
+    comm = _communicator(args)
+    if comm is None:
+        return _cmd_train(args, None)
+    try:
+        return _cmd_train(args, comm)
+    except BaseException as e:
+        if isinstance(e, DivergenceError) or raised_on_all_ranks(e):
+            if comm.is_root:  # every rank has the same error: rank 0 reports it, all exit
+                raise
+            raise SystemExit(1) from None
+        if isinstance(e, SystemExit):
+            if e.code in (0, None):
+                raise
+            print(f"rank {comm.rank}/{comm.size}: {e.code}", file=sys.stderr, flush=True)
+            comm.abort(e.code if isinstance(e.code, int) else 1)
+        comm.abort_on_error(e, 1)  # one rank failed: end all of them, never hang
+        raise
+
+
+def _cmd_train(args, comm):
     from . import io
     from .backends import BackendError, get_backend
     from .solver import Solver
 
+    root = comm is None or comm.is_root
+    if comm is not None and (args.backend or "").split(":")[0] == "cupy" and ":" not in args.backend:
+        args.backend = f"cupy:{comm.local_rank}"  # one GPU per process on each node
     try:
         backend = get_backend(args.backend)
     except BackendError as e:
@@ -187,7 +236,10 @@ def cmd_train(args):
     resumed_meta = None
     if args.resume:
         try:
-            _, meta = io.load_arrays(args.resume)
+            if comm is None:
+                _, meta = io.load_arrays(args.resume)
+            else:  # only rank 0 needs to see the file
+                meta = comm.run_on_root(lambda: io.load_arrays(args.resume)[1])
             resumed_meta = meta["solver"]
             saved = resumed_meta["metadata"]["cli"]
         except (OSError, ValueError, KeyError) as e:
@@ -207,23 +259,25 @@ def cmd_train(args):
     if args.lr is None:
         args.lr = 5e-3 if args.dataset == "digits" else 1e-3
     verbose = not args.quiet
-    if verbose:
+    if verbose and root:
         n = data["X_train"].shape[0]
         print(
             f"portnn: {args.model} on {args.dataset} ({n} train / {data['X_val'].shape[0]} val / "
             f"{data['X_test'].shape[0]} test), backend {backend.name} ({backend.device}), {args.dtype}"
             + (f", resuming {args.resume} at epoch {resumed_meta['epoch']}" if args.resume else "")
+            + (f", {comm.size} processes ({comm.name}), batch {args.batch_size} per process"
+               if comm is not None else "")
         )
     settings = dict(num_epochs=args.epochs, checkpoint_name=args.checkpoint, verbose=verbose,
                     print_every=args.print_every or 10**9, num_train_samples=None)
     if args.resume:
         try:
-            solver = io.load(args.resume, backend=backend, data=data, **settings)
+            solver = io.load(args.resume, backend=backend, data=data, comm=comm, **settings)
         except (OSError, ValueError, KeyError) as e:
             _fail("train", f"--resume {args.resume}: {e}")
     else:
         model = _build_model(args, data)
-        per_epoch = max(data["X_train"].shape[0] // args.batch_size, 1)
+        per_epoch = max(data["X_train"].shape[0] // (args.batch_size * (comm.size if comm else 1)), 1)
         solver = Solver(
             model, data,
             update_rule=args.update_rule,
@@ -233,6 +287,7 @@ def cmd_train(args):
             batch_size=args.batch_size,
             seed=args.seed,
             metadata={"cli": {k: getattr(args, k) for k in _RUN_OPTIONS}},
+            comm=comm,
             **settings,
         )
     t0 = time.perf_counter()
@@ -246,6 +301,8 @@ def cmd_train(args):
         print(f"\ninterrupted{where}", file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - t0
+    if not root:
+        return 0  # rank 0 reports, plots and saves
     test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
     print(
         f"best val acc {solver.best_val_acc:.4f}  test acc {test_acc:.4f}  "

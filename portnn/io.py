@@ -181,7 +181,7 @@ def _group(arrays, prefix):
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def load(path: str, backend=None, data=None, **solver_kwargs):
+def load(path: str, backend=None, data=None, comm=None, **solver_kwargs):
     """Load what ``save`` wrote.
 
     A model file gives the model. A Solver file gives a Solver ready to continue
@@ -190,8 +190,15 @@ def load(path: str, backend=None, data=None, **solver_kwargs):
     (default: the current default backend), whatever backend saved them.
     ``solver_kwargs`` override saved Solver settings (e.g. num_epochs=20,
     verbose=False, update_rule=my_callable for a custom rule).
+    ``comm`` (a portnn.distributed communicator; collective, call on every rank):
+    rank 0 reads the file and broadcasts its contents (so only rank 0 needs to
+    see it; a read error is raised on every rank), and the Solver gets ``comm``;
+    its ``train()`` then broadcasts rank 0's state before the first step.
     """
-    arrays, meta = load_arrays(path)
+    if comm is not None and comm.size > 1:
+        arrays, meta = comm.run_on_root(lambda: load_arrays(path))
+    else:
+        arrays, meta = load_arrays(path)
     kind = meta.get("kind")
     if kind not in ("model", "solver") or "model" not in meta:
         raise ValueError(f"{path}: not a portnn model or solver checkpoint (kind {kind!r})")
@@ -200,6 +207,8 @@ def load(path: str, backend=None, data=None, **solver_kwargs):
     model.rng_step = int(meta["model"].get("rng_step", 0))
     if kind == "model" or data is None:
         return model
+    if comm is not None:
+        solver_kwargs = dict(solver_kwargs, comm=comm)
     return _build_solver(path, model, arrays, meta["solver"], data, solver_kwargs)
 
 

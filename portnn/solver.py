@@ -19,6 +19,9 @@ from . import random as prandom
 from . import schedules as sched
 from ._checks import check_float_in, check_positive_int
 from .data.batches import check_labels_host, epoch_permutation, subsample, to_host
+from .distributed import shard_batch
+
+_LOSS_KEY = " loss"  # rides along with the gradients in the per-step allreduce
 
 
 class DivergenceError(FloatingPointError):
@@ -69,6 +72,18 @@ class Solver:
         "skip": the bad step's update is not applied (params and optimizer state
         unchanged) and its iteration is listed in ``skipped_iterations``. This
         reads one flag per step from the device.
+    comm : a ``portnn.distributed`` communicator for data-parallel training (run
+        the same script on every rank, e.g. under ``mpiexec -n N``); None (default)
+        is the plain single-process loop. With a communicator ``batch_size`` is the
+        PER-RANK batch (a step sees batch_size * comm.size samples); train() first
+        broadcasts rank 0's params, batchnorm statistics, optimizer state, seed and
+        progress; gradients (and the loss) are averaged every step; batchnorm
+        statistics are averaged before each evaluation and checkpoint; accuracies
+        are computed on shards and summed; only rank 0 prints and writes
+        checkpoints (then all ranks pass a barrier); each rank draws its own
+        dropout masks. An exception on one rank aborts every rank
+        (``comm.abort``) instead of leaving the others waiting. train(),
+        save_checkpoint() are collective: call them on every rank.
     After ``train()``: loss_history (one float per iteration), train_acc_history,
     val_acc_history (one at the start, then one per epoch), best_val_acc,
     best_params (also copied into the model, with their batchnorm statistics).
@@ -93,6 +108,7 @@ class Solver:
         lr_schedule=None,
         metadata=None,
         on_nonfinite="raise",
+        comm=None,
     ):
         self.model = model
         self.backend = model.backend
@@ -128,6 +144,11 @@ class Solver:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
+        self.comm = comm
+        if comm is not None:
+            if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce_mean", "bcast", "barrier")):
+                raise TypeError(f"comm: expected a portnn.distributed communicator, got {comm!r}")
+            self.model.rng_stream = comm.rank  # per-rank dropout masks, still reproducible
         self._reset()
 
     def _set_data(self, data):
@@ -159,9 +180,12 @@ class Solver:
         self.skipped_iterations = []
         self.stop_training = False
         self.last_checkpoint = None
+        self._buffers_synced_at = None
 
     @property
     def iterations_per_epoch(self):
+        if self.comm is not None:
+            return max(self.X_train.shape[0] // (self.batch_size * self.comm.size), 1)
         return max(self.X_train.shape[0] // self.batch_size, 1)
 
     def current_learning_rate(self):
@@ -194,6 +218,8 @@ class Solver:
         X_batch, y_batch = self._to_device(idx)
         self._apply_schedule()
         loss, grads = self.model._loss_device(X_batch, y_batch)
+        if self.comm is not None:
+            loss, grads = self._allreduce_step(loss, grads)
         # NaN/Inf anywhere in a gradient makes its sum non-finite: one cheap
         # reduction per parameter, read back later together with the loss.
         grad_sum = None
@@ -211,6 +237,15 @@ class Solver:
             params[name] = next_w
             self.optim_configs[name] = config
         self.model.advance_rng()
+
+    def _allreduce_step(self, loss, grads):
+        """Average the gradients AND the loss over ranks in one flat buffer, so the
+        health check, skip decisions and loss history are identical on every rank."""
+        payload = dict(grads)
+        payload[_LOSS_KEY] = loss
+        mean = self.comm.allreduce_mean(payload, backend=self.backend)
+        loss = mean.pop(_LOSS_KEY)
+        return loss, mean
 
     def _flush_losses(self):
         """Read the losses gathered on the device since the last report (one
@@ -255,8 +290,13 @@ class Solver:
 
     # ------------------------------------------------------------------ loop
     def _end_of_epoch_checks(self):
-        train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
-        val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
+        if self.comm is not None:
+            self._average_buffers()
+            train_acc = self._sharded_accuracy(self.X_train, self.y_train, self.num_train_samples)
+            val_acc = self._sharded_accuracy(self.X_val, self.y_val, self.num_val_samples)
+        else:
+            train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
+            val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
         if val_acc > self.best_val_acc or not self.best_params:
@@ -267,7 +307,23 @@ class Solver:
 
     def train(self):
         """Run the optimisation up to num_epochs epochs (from the current epoch;
-        a solver restored from a checkpoint continues where it stopped)."""
+        a solver restored from a checkpoint continues where it stopped).
+        With a communicator: collective, call it on every rank."""
+        if self.comm is None:
+            return self._train()
+        from .distributed import raised_on_all_ranks
+
+        try:
+            self._sync_from_root()
+            return self._train()
+        except BaseException as e:
+            # DivergenceError comes from the averaged loss/gradients: every rank raises it at
+            # the same step. Anything else may be one rank's: end them all rather than hang.
+            if self.comm.size > 1 and not (isinstance(e, DivergenceError) or raised_on_all_ranks(e)):
+                self.comm.abort_on_error(e)
+            raise
+
+    def _train(self):
         per_epoch = self.iterations_per_epoch
         n = self.X_train.shape[0]
         log = _Reporter(self)
@@ -279,14 +335,20 @@ class Solver:
             perm = epoch_permutation(self.seed, self.epoch, n)
             log.start_epoch()
             for k in range(per_epoch):
-                self._step(perm[k * self.batch_size : (k + 1) * self.batch_size])
+                if self.comm is None:
+                    self._step(perm[k * self.batch_size : (k + 1) * self.batch_size])
+                else:
+                    self._step(shard_batch(perm, k, self.batch_size, self.comm.rank, self.comm.size))
                 self.iteration += 1
                 if self.iteration % self.print_every == 0:
-                    if self.verbose:
+                    if self.verbose or self.comm is not None:  # same flush points on every rank
                         self._flush_losses()
                     log.report()
                 log.advance()
                 self._call("on_iteration")
+                if self.comm is not None and self.callbacks:
+                    # A callback on one rank may stop training: every rank must stop together.
+                    self.stop_training = self.comm.allreduce_scalars([float(self.stop_training)], "max")[0] > 0
                 if self.stop_training:
                     break
             self._flush_losses()
@@ -328,9 +390,117 @@ class Solver:
             path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
         from .io import save
 
-        save(self, path)
+        if self.comm is not None:
+            # Collective: averaged statistics, rank 0 writes (its error, if any, is raised on
+            # every rank), then a barrier so no rank reads the file before it is complete.
+            self._flush_losses()
+            if self._buffers_synced_at != self.iteration:
+                self._average_buffers()
+            self.comm.run_on_root(lambda: save(self, path))
+            self.comm.barrier()
+        else:
+            save(self, path)
         self.last_checkpoint = path
         return path
+
+    # ------------------------------------------------------------------ data parallel
+    def _average_buffers(self):
+        """Average batchnorm running statistics over ranks (each rank saw other data)."""
+        buffers = self.model.buffers()
+        if buffers:
+            self.model.load_buffers(self.comm.allreduce_mean(buffers, backend=self.backend))
+        self._buffers_synced_at = self.iteration
+
+    def _sharded_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """check_accuracy's number, each rank scoring every size-th sample of the
+        same seeded subsample; (correct, count) summed over ranks."""
+        idx = subsample(prandom.fold_in(self.seed, 1 << 20, self.epoch), X.shape[0], num_samples)
+        if idx.shape[0] == 0:
+            raise ValueError("X: no samples to check accuracy on")
+        mine = idx[self.comm.rank :: self.comm.size]
+        correct = 0.0
+        if mine.shape[0]:
+            pred = self.model.predict(X[mine], batch_size=batch_size)
+            correct = float((pred == y[mine]).sum())
+        correct, count = self.comm.allreduce_scalars([correct, float(mine.shape[0])], "sum")
+        return correct / count
+
+    def _sync_from_root(self):
+        """Make every rank start from rank 0's state: check that the ranks agree on
+        the data and model, then broadcast params, batchnorm statistics, optimizer
+        state, best params, seed, RNG position and progress."""
+        from .backends import dtype_name
+        from .distributed import mark_all_ranks
+
+        comm, model = self.comm, self.model
+        if comm.size == 1:
+            return
+        signature = {
+            "train samples": tuple(self.X_train.shape), "val samples": tuple(self.X_val.shape),
+            "batch_size": self.batch_size, "num_epochs": self.num_epochs,
+            "update_rule": self.update_rule_name, "dtype": dtype_name(model.dtype),
+            "params": [(k, tuple(v.shape)) for k, v in sorted(model.params.items())],
+        }
+        every = comm.allgather_obj(signature)
+        for r, sig in enumerate(every):
+            diff = [k for k in sig if sig[k] != every[0][k]]
+            if diff:
+                k = diff[0]
+                raise mark_all_ranks(ValueError(
+                    f"comm: rank {r} disagrees with rank 0 on {k} ({sig[k]!r} vs {every[0][k]!r}); "
+                    f"every rank must build the same model and Solver on the same data"))
+        arrays, scalars = {}, {}
+        if comm.is_root:
+            arrays.update({f"param.{k}": v for k, v in model.params.items()})
+            arrays.update({f"buffer.{k}": v for k, v in model.buffers().items()})
+            arrays.update({f"best.{k}": v for k, v in self.best_params.items()})
+            arrays.update({f"best_buffer.{k}": v for k, v in self._best_buffers.items()})
+            for p, config in self.optim_configs.items():
+                scalars[p] = {}
+                for key, value in config.items():
+                    if hasattr(value, "shape"):
+                        arrays[f"optim.{p}.{key}"] = value
+                    else:
+                        scalars[p][key] = value
+        root = comm.bcast_obj(None if not comm.is_root else {
+            "shapes": {k: tuple(v.shape) for k, v in arrays.items()},
+            "optim_scalars": scalars,
+            "seed": self.seed, "epoch": self.epoch, "iteration": self.iteration,
+            "rng_step": model.rng_step, "best_val_acc": self.best_val_acc,
+            "loss_history": self.loss_history, "train_acc_history": self.train_acc_history,
+            "val_acc_history": self.val_acc_history, "skipped_iterations": self.skipped_iterations,
+        })
+        if not comm.is_root:
+            xp, dev = self.backend.xp, self.backend.device
+            arrays = {k: xp.zeros(shape, dtype=model.dtype, device=dev) for k, shape in root["shapes"].items()}
+        arrays = comm.bcast(arrays, backend=self.backend)
+
+        def group(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        for k, v in group("param.").items():
+            model.params[k] = v
+        buffers = group("buffer.")
+        if buffers:
+            model.load_buffers(buffers)
+        self.best_params = group("best.")
+        self._best_buffers = group("best_buffer.")
+        optim_arrays = group("optim.")
+        configs = {}
+        for p in model.params:
+            config = dict(root["optim_scalars"].get(p, {}))
+            config.update({k[len(p) + 1:]: v for k, v in optim_arrays.items() if k.startswith(p + ".")})
+            configs[p] = config
+        self.optim_configs = configs
+        self.seed = root["seed"]
+        self.epoch, self.iteration = root["epoch"], root["iteration"]
+        model.rng_step = root["rng_step"]
+        self.best_val_acc = root["best_val_acc"]
+        self.loss_history = list(root["loss_history"])
+        self.train_acc_history = list(root["train_acc_history"])
+        self.val_acc_history = list(root["val_acc_history"])
+        self.skipped_iterations = list(root["skipped_iterations"])
+        self._pending_losses = []
 
 
 class _Reporter:
@@ -339,7 +509,10 @@ class _Reporter:
     def __init__(self, solver):
         self.s = solver
         self.bar = None
-        use_bar = solver.verbose and _stderr_is_terminal()
+        # Under data parallelism only rank 0 prints.
+        self.show = solver.verbose and (solver.comm is None or solver.comm.rank == 0)
+        self.ranks = 1 if solver.comm is None else solver.comm.size
+        use_bar = self.show and _stderr_is_terminal()
         self.tqdm = _import_tqdm() if use_bar else None
         self.t0 = None
         self.start = time.perf_counter()
@@ -357,10 +530,10 @@ class _Reporter:
 
     def report(self):
         s = self.s
-        if not s.verbose or not s.loss_history:
+        if not self.show or not s.loss_history:
             return
         if self.bar is not None:
-            rate = s.batch_size * self.bar.n / max(time.perf_counter() - self.t0, 1e-9)
+            rate = s.batch_size * self.ranks * self.bar.n / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix(loss=f"{s.loss_history[-1]:.4f}", ex_per_s=f"{rate:.0f}")
         else:
             total = s.num_epochs * s.iterations_per_epoch
@@ -373,7 +546,7 @@ class _Reporter:
 
     def epoch_line(self):
         s = self.s
-        if not s.verbose:
+        if not self.show:
             return
         recent = s.loss_history[-s.iterations_per_epoch:] if s.epoch else []
         loss = f"loss: {sum(recent) / len(recent):.4f}; " if recent else ""

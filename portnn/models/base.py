@@ -57,6 +57,9 @@ class Model:
         # Seeded dropout masks depend on (seed, rng_step, layer); the Solver
         # advances rng_step once per training step (see advance_rng).
         self.rng_step = 0
+        # Data-parallel training sets this to the process's rank, so each rank
+        # draws its own (still reproducible) dropout masks; 0 = single process.
+        self.rng_stream = 0
         self.params = {}
 
     # ------------------------------------------------------------------ setup
@@ -78,6 +81,8 @@ class Model:
     def _dropout_seed(self, layer):
         if self.seed is None:
             return None  # fresh masks on every call, as in the course code
+        if self.rng_stream:
+            return prandom.fold_in(self.seed, self.rng_step, layer, self.rng_stream)
         return prandom.fold_in(self.seed, self.rng_step, layer)
 
     # ------------------------------------------------------------------ loss
