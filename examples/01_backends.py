@@ -25,7 +25,7 @@ Expected output (numpy; the last lines depend on what is installed):
     round trip host -> backend -> host, max |difference|: 0.0
     default backend inside use_backend('numpy'): numpy
     mistake 1, arrays of two backends in one layer call:
-      TypeError: arrays of different backends in one call: ['array_api_strict._array_object.Array', 'numpy.ndarray']; move them to one backend with Backend.asarray / Backend.to_numpy (...)
+      TypeError: arrays of different backends in one call: ['array_api_strict._array_object.Array', 'numpy.ndarray']; move them to one backend with Backend.asarray / Backend.to_numpy
     mistake 2, numpy.asarray(<array_api_strict array>), instead of going through the host:
       TypeError: numpy.asarray: got an array of another backend (...); convert it to NumPy on the host first with that backend's to_numpy()
     mistake 3, host NumPy data straight into model.loss on array_api_strict:

@@ -59,6 +59,8 @@ def load_arrays(path: str):
     Refuses object arrays (pickle stays off) and checks every array against the
     manifest, raising ValueError naming the file on any mismatch.
     """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
     with open(path + ".json", "rb") as f:
         try:
             manifest = json.loads(f.read().decode())
@@ -165,6 +167,7 @@ def _solver_state(solver):
             "num_train_samples": solver.num_train_samples,
             "num_val_samples": solver.num_val_samples,
             "print_every": solver.print_every,
+            "verbose": solver.verbose,
             "seed": solver.seed,
             "checkpoint_name": solver.checkpoint_name,
             "loss_history": solver.loss_history,
@@ -241,6 +244,7 @@ def _build_solver(path, model, arrays, smeta, data, overrides):
         "num_train_samples": smeta["num_train_samples"],
         "num_val_samples": smeta["num_val_samples"],
         "print_every": smeta["print_every"],
+        "verbose": smeta.get("verbose", True),
         "seed": smeta["seed"],
         "checkpoint_name": smeta["checkpoint_name"],
         "metadata": smeta.get("metadata", {}),

@@ -29,7 +29,7 @@ class Schedule:
         return {"kind": self.kind}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "kind")
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.to_dict() if k != "kind")
         return f"{type(self).__name__}({args})"
 
 

@@ -121,11 +121,11 @@ def namespace(*arrays):
         raise TypeError("namespace: no arrays given")
     try:
         xp = aac.array_namespace(*arrs)
-    except TypeError as e:
+    except TypeError:
         kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrs})
         raise TypeError(
             f"arrays of different backends in one call: {kinds}; move them to one backend "
-            f"with Backend.asarray / Backend.to_numpy ({e})"
+            f"with Backend.asarray / Backend.to_numpy"
         ) from None
     d0 = aac.device(arrs[0])
     for a in arrs[1:]:

@@ -92,9 +92,10 @@ class Model:
             raise TypeError(
                 f"X: expected dtype {_dtype_str(self.dtype)} (the model's dtype), got {_dtype_str(X.dtype)}"
             )
-        if tuple(X.shape[1:]) != tuple(self.input_shape) and math.prod(X.shape[1:]) != math.prod(
-            self.input_shape
-        ):
+        # Dense models accept any (N, d1, ..., dk) with d1*...*dk = D (it is flattened);
+        # image models need the exact (N, C, H, W).
+        flat_ok = len(self.input_shape) == 1 and math.prod(X.shape[1:]) == self.input_shape[0]
+        if tuple(X.shape[1:]) != tuple(self.input_shape) and not flat_ok:
             raise ValueError(
                 f"X: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(X.shape)}"
             )
