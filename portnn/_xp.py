@@ -60,46 +60,106 @@ def pad2d(x, pad: int):
     return out
 
 
-def im2col(xpad, kh: int, kw: int, stride: int, out_h: int, out_w: int):
-    """Gather every kh x kw window of a (padded) image batch into columns.
+def im2col(x, kh: int, kw: int, stride: int, pad: int, out_h: int, out_w: int):
+    """Gather every kh x kw window of a zero-padded image batch into ONE column matrix.
 
-    xpad (N, C, Hp, Wp) -> cols (N, kh*kw*C, out_h*out_w), contiguous, where
-    cols[n, (i*kw + j)*C + c, r*out_w + s] = xpad[n, c, r*stride + i, s*stride + j].
-    One strided slice per kernel offset, one xp.stack.
+    x (N, C, H, W) -> cols (kh*kw*C, N*out_h*out_w), contiguous, where
+    cols[(i*kw + j)*C + c, (n*out_h + r)*out_w + s] = xpad[n, c, r*stride + i, s*stride + j]
+    (xpad: x with ``pad`` zeros on every side of H and W).
+
+    Layout "CN" (channel-major, batch inside the columns): the convolution is then
+    one big GEMM per pass, whose operands are contiguous. The padding and the
+    (N, C) -> (C, N) transpose happen in one copy; each kernel offset is one
+    strided slice of that copy, and one xp.stack writes the columns.
     """
-    xp = namespace(xpad)
-    N, C = xpad.shape[0], xpad.shape[1]
+    xp = namespace(x)
+    N, C, H, W = x.shape
+    xt = xp.permute_dims(x, (1, 0, 2, 3))
+    if pad:
+        buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=aac.device(x))
+        buf[:, :, pad:pad + H, pad:pad + W] = xt
+        xt = buf
     rows = [window_slice(i, stride, out_h) for i in range(kh)]
     cols_ = [window_slice(j, stride, out_w) for j in range(kw)]
-    patches = xp.stack([xpad[:, :, r, c] for r in rows for c in cols_], axis=1)  # (N, kh*kw, C, oh, ow)
-    return xp.reshape(patches, (N, kh * kw * C, out_h * out_w))
+    patches = xp.stack([xt[:, :, r, c] for r in rows for c in cols_], axis=0)  # (kh*kw, C, N, oh, ow)
+    return xp.reshape(patches, (kh * kw * C, N * out_h * out_w))
 
 
-def col2im(cols, channels: int, height: int, width: int, kh: int, kw: int, stride: int,
-           out_h: int, out_w: int):
+def col2im(cols, n: int, channels: int, height: int, width: int, kh: int, kw: int, stride: int,
+           pad: int, out_h: int, out_w: int):
     """Adjoint of im2col: sum each column entry back onto the pixel it came from.
 
-    cols (N, kh*kw*C, out_h*out_w) -> (N, C, height, width) (the padded size
-    Hp, Wp that im2col read), overlapping windows accumulated. One slice-add per
-    kernel offset, in offset order (so the result is deterministic).
+    cols (kh*kw*C, N*out_h*out_w) -> dx (N, C, height, width) (unpadded; the
+    gradient that fell on padding is dropped), overlapping windows accumulated.
+    One slice-add per kernel offset, in offset order (deterministic). The result
+    is a (C, N) -> (N, C) transposed VIEW of a channel-major buffer: consumers that
+    go back to channel-major (the next conv's im2col) then read it without a copy.
     """
     xp = namespace(cols)
-    N = cols.shape[0]
-    parts = xp.reshape(cols, (N, kh * kw, channels, out_h, out_w))
-    out = xp.zeros((N, channels, height, width), dtype=cols.dtype, device=aac.device(cols))
+    parts = xp.reshape(cols, (kh * kw, channels, n, out_h, out_w))
+    hp, wp = height + 2 * pad, width + 2 * pad
+    buf = xp.zeros((channels, n, hp, wp), dtype=cols.dtype, device=aac.device(cols))
     k = 0
     for i in range(kh):
         r = window_slice(i, stride, out_h)
         for j in range(kw):
             c = window_slice(j, stride, out_w)
-            out[:, :, r, c] += parts[:, k, ...]
+            buf[:, :, r, c] += parts[k, ...]
             k += 1
-    return out
+    if pad:
+        buf = buf[:, :, pad:pad + height, pad:pad + width]
+    return xp.permute_dims(buf, (1, 0, 2, 3))
 
 
 def window_argmax_dtype(xp, window_size: int):
     """Smallest signed integer dtype that holds offsets 0..window_size-1."""
     return xp.int8 if window_size <= 127 else (xp.int16 if window_size <= 32767 else xp.int32)
+
+
+# Pooling windows are read through a "phase split" of the input: for stride s, the
+# s x s sub-images x[:, :, a::s, b::s] are copied once into one buffer
+# phases[a, b] (N, C, Hh, Wh). Window offset (i, j) then reads the row-contiguous
+# block phases[i % s, j % s, :, :, i//s : i//s + out_h, j//s : j//s + out_w] instead
+# of a stride-s slice of x, so every elementwise pass runs on unit-stride rows
+# (several times faster than on strided views). For windows that tile the input
+# (kernel == stride) this is the classic reshape-to-(N, C, H/k, k, W/k, k) trick.
+# Stride 1 needs no copy: the phase is x itself.
+
+
+def _phase_geometry(kh, kw, stride, out_h, out_w):
+    pa, pb = min(stride, kh), min(stride, kw)  # phases a window offset can fall on
+    hh, wh = out_h + (kh - 1) // stride, out_w + (kw - 1) // stride  # rows/cols per phase read
+    return pa, pb, hh, wh
+
+
+def _phase_rows(height, a, stride, hh):
+    """Rows of phase a that exist in the input (a + stride*t < height), at most hh."""
+    return min(hh, max(0, -(-(height - a) // stride)))
+
+
+def _phases(x, kh, kw, stride, out_h, out_w):
+    """x (N, C, H, W) -> phases (pa, pb, N, C, hh, wh) (see above); a view when stride == 1."""
+    xp = namespace(x)
+    N, C, H, W = x.shape
+    if stride == 1:
+        return xp.reshape(x, (1, 1, N, C, H, W))
+    pa, pb, hh, wh = _phase_geometry(kh, kw, stride, out_h, out_w)
+    buf = xp.empty((pa, pb, N, C, hh, wh), dtype=x.dtype, device=aac.device(x))
+    # Cells past the input's edge are never read by a window, so they may stay uninitialised.
+    for a in range(pa):
+        na = _phase_rows(H, a, stride, hh)
+        for b in range(pb):
+            nb = _phase_rows(W, b, stride, wh)
+            buf[a, b, :, :, :na, :nb] = x[:, :, a:a + stride * (na - 1) + 1:stride,
+                                          b:b + stride * (nb - 1) + 1:stride]
+    return buf
+
+
+def _offset_block(stride, i, j, out_h, out_w):
+    """Index of window offset (i, j) in the phase buffer."""
+    a, b = (0, 0) if stride == 1 else (i % stride, j % stride)
+    si, sj = (i, j) if stride == 1 else (i // stride, j // stride)
+    return a, b, slice(si, si + out_h), slice(sj, sj + out_w)
 
 
 def window_max(x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
@@ -108,20 +168,23 @@ def window_max(x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
     x (N, C, H, W) -> out (N, C, out_h, out_w) in x's dtype and
     arg (N, C, out_h, out_w) small integer (window_argmax_dtype), where arg is
     the row-major offset i*kw + j of the first element equal to the window max.
-    A running max over the offset slices: an offset wins only if STRICTLY larger,
+    A running max over the window offsets: an offset wins only if STRICTLY larger,
     so ties keep the earliest offset (the torch / CS231n rule). NaN propagates
     into ``out`` (xp.maximum) like torch's max_pool2d.
     """
     xp = namespace(x)
     N, C = x.shape[0], x.shape[1]
-    rows = [window_slice(i, stride, out_h) for i in range(kh)]
-    cols_ = [window_slice(j, stride, out_w) for j in range(kw)]
-    out = x[:, :, rows[0], cols_[0]]
-    arg = xp.zeros((N, C, out_h, out_w), dtype=window_argmax_dtype(xp, kh * kw),
-                   device=aac.device(x))
+    ph = _phases(x, kh, kw, stride, out_h, out_w)
+    a, b, r, c = _offset_block(stride, 0, 0, out_h, out_w)
+    out = ph[a, b, :, :, r, c]
+    adt = window_argmax_dtype(xp, kh * kw)
+    arg = xp.zeros((N, C, out_h, out_w), dtype=adt, device=aac.device(x))
     for k in range(1, kh * kw):
-        v = x[:, :, rows[k // kw], cols_[k % kw]]
-        arg = xp.where(v > out, k, arg)
+        a, b, r, c = _offset_block(stride, k // kw, k % kw, out_h, out_w)
+        v = ph[a, b, :, :, r, c]
+        # Offsets grow with k, so "arg = k where v > out" is a max of arg and k*(v > out):
+        # integer arithmetic, several times faster than xp.where on NumPy.
+        arg = xp.maximum(arg, xp.astype(v > out, adt) * k)
         out = xp.maximum(out, v)
     if kh * kw == 1:
         out = out + 0.0  # a fresh array, never a view of the caller's x
@@ -129,46 +192,53 @@ def window_max(x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
 
 
 def window_max_grad(dout, arg, kh: int, kw: int, stride: int, height: int, width: int):
-    """Route each window's gradient to its first maximum (generic: any stride, overlap).
+    """Route each window's gradient to its first maximum (any window, stride, overlap).
 
     dout (N, C, out_h, out_w), arg as from window_max -> dx (N, C, height, width)
-    in dout's dtype. One slice-add of ``dout * (arg == k)`` per kernel offset k,
-    so overlapping windows accumulate and exactly one element per window receives
-    its gradient.
-    """
-    xp = namespace(dout, arg)
-    N, C, out_h, out_w = dout.shape
-    dx = xp.zeros((N, C, height, width), dtype=dout.dtype, device=aac.device(dout))
-    k = 0
-    for i in range(kh):
-        r = window_slice(i, stride, out_h)
-        for j in range(kw):
-            c = window_slice(j, stride, out_w)
-            dx[:, :, r, c] += dout * xp.astype(arg == k, dout.dtype)
-            k += 1
-    return dx
-
-
-def window_max_grad_adjacent(dout, arg, k: int, height: int, width: int):
-    """window_max_grad for k x k windows with stride k (adjacent, non-overlapping).
-
-    Same values as the generic version (each input element lies in at most one
-    window, so no accumulation is needed): every offset's masked gradient is
-    written ONCE into a (N, C, out_h, k, out_w, k) buffer whose reshape is the
-    image, instead of strided read-modify-writes. Rows/columns past the last
-    window (height > out_h*k) get zeros.
-    dout (N, C, out_h, out_w), arg (N, C, out_h, out_w) -> dx (N, C, height, width).
+    in dout's dtype. For each kernel offset k, ``dout * (arg == k)`` goes to the
+    elements at offset k of every window. Windows that do not overlap (kernel <=
+    stride, e.g. 2x2 stride 2) write it once, straight into the strided view of
+    dx (no accumulation). Overlapping windows (3x3 stride 2) add it into that
+    offset's row-contiguous block of a phase-split buffer, scattered back to the
+    image by one strided copy per phase. Each input element receives the
+    gradient of every window whose first maximum it is.
     """
     xp = namespace(dout, arg)
     N, C, out_h, out_w = dout.shape
     dev = aac.device(dout)
-    buf = xp.empty((N, C, out_h, k, out_w, k), dtype=dout.dtype, device=dev)
-    for i in range(k):
-        for j in range(k):
-            buf[:, :, :, i, :, j] = dout * xp.astype(arg == i * k + j, dout.dtype)
-    tiled = xp.reshape(buf, (N, C, out_h * k, out_w * k))
-    if height == out_h * k and width == out_w * k:
-        return tiled
-    dx = xp.zeros((N, C, height, width), dtype=dout.dtype, device=dev)
-    dx[:, :, :out_h * k, :out_w * k] = tiled
+    dt = dout.dtype
+    # elements covered by no window (edges past the last window, gaps when stride > kernel)
+    uncovered = (stride > kh or stride > kw or (out_h - 1) * stride + kh != height
+                 or (out_w - 1) * stride + kw != width)
+    if kh <= stride and kw <= stride:
+        dx = (xp.zeros if uncovered else xp.empty)((N, C, height, width), dtype=dt, device=dev)
+        for k in range(kh * kw):
+            i, j = k // kw, k % kw
+            dx[:, :, window_slice(i, stride, out_h), window_slice(j, stride, out_w)] = \
+                dout * xp.astype(arg == k, dt)
+        return dx
+    if stride == 1:
+        dx = xp.zeros((N, C, height, width), dtype=dt, device=dev)
+        g = xp.reshape(dx, (1, 1, N, C, height, width))
+    else:
+        pa, pb, hh, wh = _phase_geometry(kh, kw, stride, out_h, out_w)
+        g = xp.zeros((pa, pb, N, C, hh, wh), dtype=dt, device=dev)
+    for k in range(kh * kw):
+        a, b, r, c = _offset_block(stride, k // kw, k % kw, out_h, out_w)
+        g[a, b, :, :, r, c] += dout * xp.astype(arg == k, dt)
+    if stride == 1:
+        return dx
+    dx = (xp.zeros if uncovered else xp.empty)((N, C, height, width), dtype=dt, device=dev)
+    for a in range(pa):
+        na = _phase_rows(height, a, stride, hh)
+        for b in range(pb):
+            nb = _phase_rows(width, b, stride, wh)
+            dx[:, :, a:a + stride * (na - 1) + 1:stride, b:b + stride * (nb - 1) + 1:stride] = \
+                g[a, b, :, :, :na, :nb]
     return dx
+
+
+def window_max_grad_adjacent(dout, arg, k: int, height: int, width: int):
+    """window_max_grad for k x k windows with stride k (kept for callers of the old
+    fast path; the phase-split window_max_grad is now the one implementation)."""
+    return window_max_grad(dout, arg, k, k, k, height, width)

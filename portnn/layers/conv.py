@@ -1,23 +1,27 @@
-"""Convolution layer: im2col + one matrix product, written once in the Array API.
+"""Convolution layer: im2col + one matrix product per pass, written once in the Array API.
 
-Layout ("NKP"): the column matrix of a batch is (N, K, P) with K = HH*WW*C
-(kernel offset major, channel minor) and P = H'*W'. The forward is one
-(broadcast) matmul ``w2 (F, K) @ cols (N, K, P) -> (N, F, P)``, which is
-already the (N, F, H', W') output: no transposed copy of the result. The
-backward is one matmul for dw, one for the column gradient and a col2im by
-slice-adds.
+Layout ("CN"): the column matrix is (K, N*P) with K = HH*WW*C (kernel offset
+major, channel minor) and P = H'*W' (portnn._xp.im2col). Each pass is then ONE
+big GEMM with contiguous operands:
+  forward   out2 (F, N*P) = w2 (F, K) @ cols (K, N*P)
+  backward  dw2ᵀ (K, F)   = cols (K, N*P) @ d2ᵀ (N*P, F)
+            dcols (K, N*P) = w2ᵀ (K, F) @ d2 (F, N*P), then col2im by slice-adds.
+The output is returned as the (F, N) -> (N, F) transposed VIEW of out2 (no
+copy); the backward's ``permute_dims(dout, (1, 0, 2, 3))`` of a gradient that
+kept that layout (relu/pool backward preserve it) is free again.
 
-Why this layout and not (K, N*P) columns with one big GEMM ("CN"): measured
-single-threaded (float32, x(50,3,32,32) w(32,3,7,7) pad 3 and x(64,64,16,16)
-w(64,64,3,3) pad 1) the two are within 5-15 % of each other, CN slightly ahead
-in most rounds, but CN's dw is one GEMM reducing over N*P, so splitting the batch
-changes the summation order. Here every product is per image and dw is summed
-over images in order, so a chunked run does exactly the floating-point operations
-of an unchunked one, and the output needs no transposed copy.
+Why this layout (measured on the benchmark shapes, benchmarks/, 2 threads):
+the previous per-image layout (N, K, P) issued one small GEMM per image and
+pass (150 BLAS calls for a 50-image conv), and multi-threaded OpenBLAS pays a
+thread wake-up per call; one GEMM per pass was 1.3-2x faster end to end. dw is
+computed as (cols @ d2ᵀ)ᵀ because the other orientation, a (F, N*P) @ (N*P, K)
+product with a long reduction, hits a 100x OpenBLAS slow path on 2 threads.
 
-Memory bound: the column buffer holds N*K*P elements. When that exceeds
-``max_col_bytes`` the batch is processed in chunks of images whose columns fit,
-and the backward recomputes columns chunk by chunk instead of keeping them.
+Memory bound: the column buffer holds K*N*P elements. When that exceeds
+``max_col_bytes`` the batch is processed in chunks of images whose columns
+fit, and the backward recomputes columns chunk by chunk instead of keeping
+them. dw is then a sum of per-chunk products, so a chunked run agrees with an
+unchunked one to rounding (not bitwise).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import operator
 import array_api_compat as aac
 
 from .._checks import check_positive_int, check_same_dtype, is_float_dtype, _dtype_str
-from .._xp import col2im, conv_output_size, im2col, pad2d
+from .._xp import col2im, conv_output_size, im2col
 from ..backends import namespace
 
 __all__ = ["conv_forward", "conv_backward", "MAX_COL_BYTES"]
@@ -49,8 +53,8 @@ def conv_forward(x, w, b, conv_param=None):
         'max_col_bytes' : int >= 1 (default MAX_COL_BYTES = 64 MiB). Working-size
             bound on the im2col buffer (N*C*HH*WW*H'*W' * itemsize). Above it the
             batch is processed in chunks of images (at least one image per
-            chunk) with bitwise the same result on NumPy, and the backward
-            recomputes the columns per chunk instead of caching them.
+            chunk), and the backward recomputes the columns per chunk instead
+            of caching them; results agree with an unchunked run to rounding.
     Returns
       out   : (N, F, H', W'), x's dtype, H' = 1 + (H + 2*pad - HH) // stride
               (floor, like PyTorch), W' likewise
@@ -66,24 +70,25 @@ def conv_forward(x, w, b, conv_param=None):
     w2 = xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (F, HH * WW * C))
     itemsize = xp.finfo(x.dtype).bits // 8
     chunk = _chunk_images(N, C * HH * WW * Ho * Wo * itemsize, max_bytes)
+    bias = xp.reshape(b, (F, 1))
 
     if chunk >= N:
-        cols = im2col(pad2d(x, pad), HH, WW, stride, Ho, Wo)
-        out = w2 @ cols
-        out += b[:, None]
-        out = xp.reshape(out, (N, F, Ho, Wo))
+        cols = im2col(x, HH, WW, stride, pad, Ho, Wo)
+        out2 = w2 @ cols
+        out2 += bias
+        out = xp.reshape(out2, (F, N, Ho, Wo))
     else:
         cols = None  # too big to keep: the backward recomputes it per chunk
-        out = xp.empty((N, F, Ho, Wo), dtype=x.dtype, device=aac.device(x))
+        out = xp.empty((F, N, Ho, Wo), dtype=x.dtype, device=aac.device(x))
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
-            c = im2col(pad2d(x[n0:n1, ...], pad), HH, WW, stride, Ho, Wo)
+            c = im2col(x[n0:n1, ...], HH, WW, stride, pad, Ho, Wo)
             o = w2 @ c
             del c
-            o += b[:, None]
-            out[n0:n1, ...] = xp.reshape(o, (n1 - n0, F, Ho, Wo))
+            o += bias
+            out[:, n0:n1, ...] = xp.reshape(o, (F, n1 - n0, Ho, Wo))
     cache = (x, w, w2, cols, geom, chunk)
-    return out, cache
+    return xp.permute_dims(out, (1, 0, 2, 3)), cache
 
 
 def conv_backward(dout, cache, need_dx=True):
@@ -107,38 +112,32 @@ def conv_backward(dout, cache, need_dx=True):
         raise ValueError(f"dout: expected shape {(N, F, Ho, Wo)} (the forward's output), "
                          f"got {tuple(dout.shape)}")
     check_same_dtype("x", x, "dout", dout)
-    K, P = HH * WW * C, Ho * Wo
-    Hp, Wp = H + 2 * pad, W + 2 * pad
+    P = Ho * Wo
 
-    d = xp.reshape(dout, (N, F, P))
-    db = xp.sum(d, axis=(0, 2))
+    dt = xp.permute_dims(dout, (1, 0, 2, 3))  # (F, N, Ho, Wo); free if dout kept the forward's layout
     dx = None
     if cols is not None:
-        # Per-image dw contributions summed over the batch axis in order; the
-        # chunked branch continues the same running sum (NumPy reduces a leading axis
-        # sequentially), so both are bitwise equal.
-        dw2 = xp.sum(d @ cols.mT, axis=0)
+        d2 = xp.reshape(dt, (F, N * P))
+        db = xp.sum(d2, axis=1)
+        dw2t = cols @ d2.mT  # (K, F); see the module docstring for the orientation
         if need_dx:
-            dxp = col2im(w2.mT @ d, C, Hp, Wp, HH, WW, stride, Ho, Wo)
-            dx = dxp[:, :, pad:pad + H, pad:pad + W] if pad else dxp
+            dx = col2im(w2.mT @ d2, N, C, H, W, HH, WW, stride, pad, Ho, Wo)
     else:
-        dw2 = None
+        db = xp.sum(xp.reshape(dt, (F, N * P)), axis=1)
+        dw2t = None
         if need_dx:
             dx = xp.empty((N, C, H, W), dtype=x.dtype, device=aac.device(x))
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
-            c = im2col(pad2d(x[n0:n1, ...], pad), HH, WW, stride, Ho, Wo)
-            dc = d[n0:n1, ...]
-            part = dc @ c.mT  # (n, F, K)
+            d2 = xp.reshape(dt[:, n0:n1, ...], (F, (n1 - n0) * P))
+            c = im2col(x[n0:n1, ...], HH, WW, stride, pad, Ho, Wo)
+            part = c @ d2.mT
             del c  # free the columns before the column gradient is allocated
-            if dw2 is not None:
-                part = xp.concat([dw2[None, ...], part], axis=0)
-            dw2 = xp.sum(part, axis=0)
+            dw2t = part if dw2t is None else dw2t + part
             del part
             if need_dx:
-                dxp = col2im(w2.mT @ dc, C, Hp, Wp, HH, WW, stride, Ho, Wo)
-                dx[n0:n1, ...] = dxp[:, :, pad:pad + H, pad:pad + W] if pad else dxp
-    dw = xp.permute_dims(xp.reshape(dw2, (F, HH, WW, C)), (0, 3, 1, 2))
+                dx[n0:n1, ...] = col2im(w2.mT @ d2, n1 - n0, C, H, W, HH, WW, stride, pad, Ho, Wo)
+    dw = xp.permute_dims(xp.reshape(dw2t, (HH, WW, C, F)), (3, 2, 0, 1))
     return dx, dw, db
 
 

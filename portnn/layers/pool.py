@@ -7,10 +7,13 @@ the classic loop implementation do. An equality mask (``x == max``) would
 instead duplicate the gradient over tied elements, which are common after a
 ReLU.
 
-Backward: one slice-add per window offset in general (any stride, overlapping
-windows). For adjacent windows (pool_height == pool_width == stride, the usual
-2x2 stride 2) each offset's gradient is written once into a window-blocked
-buffer whose reshape is the image: same values, about 2x faster on NumPy.
+Both passes read/write the input through a "phase split" (see portnn._xp): the
+stride x stride sub-images x[:, :, a::s, b::s] are copied once into one buffer,
+where every window offset is a row-contiguous block instead of a stride-s view,
+so each elementwise pass runs on unit-stride data. For windows that tile the
+input (2x2 stride 2) this is the reshape-to-(N, C, H/2, 2, W/2, 2) trick and the
+backward writes each offset's gradient once, without accumulation; overlapping
+windows (3x3 stride 2) add into the phase buffer.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import operator
 
 from .._checks import check_positive_int, is_float_dtype, _dtype_str
-from .._xp import conv_output_size, window_max, window_max_grad, window_max_grad_adjacent
+from .._xp import conv_output_size, window_max, window_max_grad
 from ..backends import namespace
 
 __all__ = ["max_pool_forward", "max_pool_backward"]
@@ -62,10 +65,7 @@ def max_pool_backward(dout, cache):
     if dout.dtype != dtype:
         raise TypeError(f"dout: expected dtype {_dtype_str(dtype)} (the dtype of x), "
                         f"got {_dtype_str(dout.dtype)}")
-    H, W = shape[2], shape[3]
-    if ph == pw == stride:
-        return window_max_grad_adjacent(dout, arg, stride, H, W)
-    return window_max_grad(dout, arg, ph, pw, stride, H, W)
+    return window_max_grad(dout, arg, ph, pw, stride, shape[2], shape[3])
 
 
 def _check_pool(xp, x, pool_param):
