@@ -44,19 +44,7 @@ def numeric_grad(f, x, df=None, h=1e-6):
     backend layer as ``lambda a: to_np(layer(backend.asarray(a)))``.
     """
     x = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + h
-        fp = np.asarray(f(x.copy()), dtype=np.float64)
-        x[i] = old - h
-        fm = np.asarray(f(x.copy()), dtype=np.float64)
-        x[i] = old
-        diff = fp - fm
-        grad[i] = np.sum(diff * (1.0 if df is None else df)) / (2 * h)
-    return grad
+    return numerical_gradient(lambda: np.asarray(f(x.copy()), dtype=np.float64), x, h, df)
 
 
 def grad_ok(analytic, numeric, rtol=1e-6, atol=1e-8):
@@ -66,9 +54,10 @@ def grad_ok(analytic, numeric, rtol=1e-6, atol=1e-8):
     return rel_error(a, n) < rtol or float(np.max(np.abs(a - n))) < atol
 
 
-def numerical_gradient(f, a, h=1e-5):
-    """Central differences of the scalar f() w.r.t. every entry of the host array
-    ``a``, which f reads and which is perturbed in place (and restored)."""
+def numerical_gradient(f, a, h=1e-5, df=None):
+    """Central differences of sum(f() * df) (of the scalar f() when df is None)
+    w.r.t. every entry of the host array ``a``, which f reads and which is
+    perturbed in place (and restored)."""
     g = np.zeros_like(a)
     it = np.nditer(a, flags=["multi_index"])
     for _ in it:
@@ -79,5 +68,5 @@ def numerical_gradient(f, a, h=1e-5):
         a[i] = old - h
         fm = f()
         a[i] = old
-        g[i] = (fp - fm) / (2 * h)
+        g[i] = np.sum((fp - fm) * (1.0 if df is None else df)) / (2 * h)
     return g
