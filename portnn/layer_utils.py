@@ -91,15 +91,24 @@ def conv_relu_backward(dout, cache, need_dx=True):
 
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
-    """conv - relu - max pool: x (N, C, H, W) -> (N, F, H'', W'')."""
-    s, conv_relu_cache = conv_relu_forward(x, w, b, conv_param)
-    out, pool_cache = max_pool_forward(s, pool_param)
-    return out, (conv_relu_cache, pool_cache)
+    """conv - relu - max pool: x (N, C, H, W) -> (N, F, H'', W'').
+
+    Computed as conv - pool - relu: max commutes with the monotone relu, so the
+    outputs are identical, and so are the gradients (where a window's max is
+    positive its first maximum is the same element before and after relu; where
+    it is <= 0 the relu passes no gradient either way). The relu then runs on the
+    pooled map, 4x smaller for a 2x2 pool.
+    """
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    pooled, pool_cache = max_pool_forward(a, pool_param)
+    out, relu_cache = relu_forward(pooled)
+    return out, (conv_cache, pool_cache, relu_cache)
 
 
 def conv_relu_pool_backward(dout, cache, need_dx=True):
-    conv_relu_cache, pool_cache = cache
-    return conv_relu_backward(max_pool_backward(dout, pool_cache), conv_relu_cache, need_dx)
+    conv_cache, pool_cache, relu_cache = cache
+    da = max_pool_backward(relu_backward(dout, relu_cache), pool_cache)
+    return conv_backward(da, conv_cache, need_dx=need_dx)
 
 
 def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):

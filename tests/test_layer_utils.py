@@ -51,3 +51,26 @@ def test_sandwich_gradients(backend, name):
 def test_aliases():
     assert lu.conv_batchnorm_relu_forward is lu.conv_bn_relu_forward
     assert lu.conv_batchnorm_relu_pool_backward is lu.conv_bn_relu_pool_backward
+
+
+def test_conv_relu_pool_equals_the_explicit_sequence_on_ties(backend):
+    """conv_relu_pool runs pool before relu; outputs and gradients must equal
+    conv -> relu -> pool exactly, also with many tied and negative window maxima."""
+    from portnn.layers import (conv_backward, conv_forward, max_pool_backward, max_pool_forward,
+                               relu_backward, relu_forward)
+    rng = np.random.default_rng(7)
+    x = np.round(rng.standard_normal((3, 2, 6, 6)))  # rounded: ties and exact zeros
+    w = np.round(rng.standard_normal((4, 2, 3, 3)))
+    b = np.array([0.0, -2.0, 1.0, -50.0])  # the last filter is negative everywhere
+    conv, pool = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    xb, wb, bb = put(backend, x, w, b)
+    out, cache = lu.conv_relu_pool_forward(xb, wb, bb, conv, pool)
+    a, c1 = conv_forward(xb, wb, bb, conv)
+    r, c2 = relu_forward(a)
+    ref, c3 = max_pool_forward(r, pool)
+    np.testing.assert_array_equal(to_np(out), to_np(ref))
+    dout = put(backend, np.round(rng.standard_normal(tuple(out.shape))))
+    got = lu.conv_relu_pool_backward(dout, cache)
+    expected = conv_backward(relu_backward(max_pool_backward(dout, c3), c2), c1)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(to_np(g), to_np(e))
