@@ -137,6 +137,16 @@ def _dtype_groups(be, items):
     return groups
 
 
+def _split_flat(xp, flat, group):
+    """Cut a flat device buffer back into arrays shaped like ``group`` (in order)."""
+    out, start = [], 0
+    for a in group:
+        n = int(np.prod(a.shape, dtype=np.int64)) if len(a.shape) else 1
+        out.append(xp.reshape(flat[start : start + n], tuple(a.shape)))
+        start += n
+    return out
+
+
 def _host_dtype_name(be, a):
     for name in ("float64", "float32", "int64", "int32", "int8", "bool"):
         if a.dtype == getattr(be.xp, name, None):
@@ -397,13 +407,7 @@ class MPICommunicator(Communicator):
 
         cupy.cuda.get_current_stream().synchronize()  # MPI does not know CUDA streams
         self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
-        flat = flat / self.size
-        out, start = [], 0
-        for a in group:
-            n = int(np.prod(a.shape, dtype=np.int64)) if len(a.shape) else 1
-            out.append(xp.reshape(flat[start : start + n], tuple(a.shape)))
-            start += n
-        return out
+        return _split_flat(xp, flat / self.size, group)
 
     def allreduce_scalars(self, values, op="sum"):
         if op not in ("sum", "max", "min"):
@@ -458,13 +462,7 @@ class NCCLCommunicator(MPICommunicator):
         self.stats["allreduce_bytes"] += int(flat.nbytes)
         out = self.cupy.empty_like(flat)
         self.nccl.all_reduce(flat, out, op="sum")
-        out = out / self.size
-        res, start = [], 0
-        for a in group:
-            n = int(np.prod(a.shape, dtype=np.int64)) if len(a.shape) else 1
-            res.append(xp.reshape(out[start : start + n], tuple(a.shape)))
-            start += n
-        return res
+        return _split_flat(xp, out / self.size, group)
 
     def bcast(self, arrays, root=0, backend=None):
         names, items = _ordered(arrays)

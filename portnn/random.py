@@ -84,44 +84,32 @@ _MAX_ROUNDS = 32  # Random123 unrolls Threefry-2x32 up to 32 rounds
 # --------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------
-def _word(v, name):
+def _checked_int(v, name, lo, hi, expected):
+    """v as a Python int with lo <= v < hi (hi None: no upper bound), else a
+    TypeError / ValueError naming ``name`` and saying ``expected``."""
     try:
         v = operator.index(v)
     except TypeError:
-        raise TypeError(f"{name}: expected an int in [0, 2**32), got {type(v).__name__}") from None
-    if not 0 <= v <= _M:
-        raise ValueError(f"{name}: expected an int in [0, 2**32), got {v}")
+        raise TypeError(f"{name}: expected {expected}, got {v!r}") from None
+    if v < lo or (hi is not None and v >= hi):
+        raise ValueError(f"{name}: expected {expected}, got {v}")
     return v
+
+
+def _word(v, name):
+    return _checked_int(v, name, 0, _M + 1, "an int in [0, 2**32)")
 
 
 def _u64(v, name):
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int in [0, 2**64), got {type(v).__name__}") from None
-    if not 0 <= v < 2**64:
-        raise ValueError(f"{name}: expected an int in [0, 2**64), got {v}")
-    return v
+    return _checked_int(v, name, 0, 2**64, "an int in [0, 2**64)")
 
 
 def _rounds(rounds):
-    try:
-        r = operator.index(rounds)
-    except TypeError:
-        raise TypeError(f"rounds: expected an int in [1, {_MAX_ROUNDS}], got {rounds!r}") from None
-    if not 1 <= r <= _MAX_ROUNDS:
-        raise ValueError(f"rounds: expected an int in [1, {_MAX_ROUNDS}], got {r}")
-    return r
+    return _checked_int(rounds, "rounds", 1, _MAX_ROUNDS + 1, f"an int in [1, {_MAX_ROUNDS}]")
 
 
 def _count(n, name="n"):
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name}: expected a non-negative int, got {n!r}") from None
-    if n < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {n}")
-    return n
+    return _checked_int(n, name, 0, None, "a non-negative int")
 
 
 def _shape(shape):
