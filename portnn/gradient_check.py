@@ -104,20 +104,33 @@ def eval_numerical_gradient(f, x, verbose=False, h=1e-5):
     Returns grad, array of shape S with x's dtype, backend and device:
     ``grad[i] = (f(x + h e_i) - f(x - h e_i)) / (2h)``.
     """
+    h = float(h)
+    return _central_differences(
+        x,
+        lambda: _scalar(f(x), "eval_numerical_gradient"),
+        lambda pos, neg: (pos - neg) / (2.0 * h),
+        h,
+        verbose,
+    )
+
+
+def _central_differences(x, measure, combine, h, verbose=False):
+    """Perturb each entry of x in place by +h and -h, call ``measure()`` (which reads
+    x) each time and store ``combine(pos, neg)``; x is restored bit-exactly, also
+    if measure raises. Returns the gradient on x's backend and device."""
     be = _float_array_backend(x, "x")
     host = _host_copy(x)
     grad = np.zeros(host.shape, dtype=np.float64)
-    h = float(h)
     for idx in np.ndindex(*host.shape):
         old = float(host[idx])
         try:
             x[idx] = old + h
-            fxph = _scalar(f(x), "eval_numerical_gradient")
+            pos = measure()
             x[idx] = old - h
-            fxmh = _scalar(f(x), "eval_numerical_gradient")
+            neg = measure()
         finally:
             x[idx] = old  # exact: old came from x's own dtype
-        grad[idx] = (fxph - fxmh) / (2.0 * h)
+        grad[idx] = combine(pos, neg)
         if verbose:
             print(idx, grad[idx])
     return _to_backend(be, grad, x)
@@ -134,26 +147,17 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     Returns grad, array of shape S with x's dtype, backend and device:
     ``grad[i] = sum((f(x + h e_i) - f(x - h e_i)) * df) / (2h)``.
     """
-    be = _float_array_backend(x, "x")
-    host = _host_copy(x)
+    _float_array_backend(x, "x")
     df_host = _host_copy(df).astype(np.float64)
-    grad = np.zeros(host.shape, dtype=np.float64)
     h = float(h)
-    for idx in np.ndindex(*host.shape):
-        old = float(host[idx])
-        try:
-            x[idx] = old + h
-            pos = _host_copy(f(x)).astype(np.float64)  # copied now: f may return x itself
-            x[idx] = old - h
-            neg = _host_copy(f(x)).astype(np.float64)
-        finally:
-            x[idx] = old
-        if pos.shape != df_host.shape:
-            raise ValueError(
-                f"df: expected the shape of f(x), {pos.shape}, got {df_host.shape}"
-            )
-        grad[idx] = float(np.sum((pos - neg) * df_host)) / (2.0 * h)
-    return _to_backend(be, grad, x)
+
+    def measure():
+        out = _host_copy(f(x)).astype(np.float64)  # copied now: f may return x itself
+        if out.shape != df_host.shape:
+            raise ValueError(f"df: expected the shape of f(x), {out.shape}, got {df_host.shape}")
+        return out
+
+    return _central_differences(x, measure, lambda pos, neg: float(np.sum((pos - neg) * df_host)) / (2.0 * h), h)
 
 
 def rel_error(x, y) -> float:

@@ -110,6 +110,12 @@ def _draw_grid(fig, spec, imgs, title, max_images=64):
             ax.set_title(title, loc="left", fontsize=10)
 
 
+def _save(plt, fig, path):
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_history(solver, path):
     """Loss and accuracy curves of a trained Solver -> PNG at ``path``."""
     plt = _pyplot()
@@ -117,9 +123,7 @@ def plot_history(solver, path):
     _draw_loss(a, solver)
     _draw_accuracy(b, solver)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_first_layer(model, path, max_images=64):
@@ -129,9 +133,7 @@ def plot_first_layer(model, path, max_images=64):
     spec = fig.add_gridspec(1, 1)[0]
     _draw_grid(fig, spec, first_layer_images(model), f"First-layer weights (W1, {type(model).__name__})",
                max_images)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_training(solver, path, max_images=36):
@@ -143,6 +145,4 @@ def plot_training(solver, path, max_images=36):
     _draw_accuracy(fig.add_subplot(gs[1]), solver)
     _draw_grid(fig, gs[2], first_layer_images(solver.model), "First-layer weights (W1)", max_images)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
