@@ -45,70 +45,61 @@ def window_slice(offset: int, stride: int, count: int) -> slice:
     return slice(offset, offset + stride * (count - 1) + 1, stride)
 
 
-def pad2d(x, pad: int):
-    """Zero-pad the last two axes on both sides.
+def pad_channel_major(x, pad: int):
+    """x (N, C, H, W) -> (C, N, H + 2*pad, W + 2*pad): the channel-major, zero-padded
+    copy that im2col reads (padding and the (N, C) -> (C, N) transpose in one pass).
 
-    x (N, C, H, W) -> (N, C, H + 2*pad, W + 2*pad), same dtype and device;
-    pad == 0 returns x itself (no copy).
-    """
-    if pad == 0:
-        return x
-    xp = namespace(x)
-    N, C, H, W = x.shape
-    out = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=aac.device(x))
-    out[:, :, pad:pad + H, pad:pad + W] = x
-    return out
-
-
-def im2col(x, kh: int, kw: int, stride: int, pad: int, out_h: int, out_w: int):
-    """Gather every kh x kw window of a zero-padded image batch into ONE column matrix.
-
-    x (N, C, H, W) -> cols (kh*kw*C, N*out_h*out_w), contiguous, where
-    cols[(i*kw + j)*C + c, (n*out_h + r)*out_w + s] = xpad[n, c, r*stride + i, s*stride + j]
-    (xpad: x with ``pad`` zeros on every side of H and W).
-
-    Layout "CN" (channel-major, batch inside the columns): the convolution is then
-    one big GEMM per pass, whose operands are contiguous. The padding and the
-    (N, C) -> (C, N) transpose happen in one copy; each kernel offset is one
-    strided slice of that copy, and one xp.stack writes the columns.
+    pad == 0 returns the transposed VIEW of x (im2col copies anyway).
     """
     xp = namespace(x)
     N, C, H, W = x.shape
     xt = xp.permute_dims(x, (1, 0, 2, 3))
-    if pad:
-        buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=aac.device(x))
-        buf[:, :, pad:pad + H, pad:pad + W] = xt
-        xt = buf
+    if pad == 0:
+        return xt
+    buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=aac.device(x))
+    buf[:, :, pad:pad + H, pad:pad + W] = xt
+    return buf
+
+
+def im2col(xt, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+    """Gather every kh x kw window of a channel-major padded batch into ONE column matrix.
+
+    xt (C, n, Hp, Wp) (from pad_channel_major, or a batch slice of it)
+    -> cols (kh*kw*C, n*out_h*out_w), contiguous, where
+    cols[(i*kw + j)*C + c, (m*out_h + r)*out_w + s] = xt[c, m, r*stride + i, s*stride + j].
+
+    Layout "CN" (channel-major, batch inside the columns): the convolution is then
+    one big GEMM per pass, whose operands are contiguous. Each kernel offset is
+    one strided slice of xt, and one xp.stack writes the columns.
+    """
+    xp = namespace(xt)
+    C, n = xt.shape[0], xt.shape[1]
     rows = [window_slice(i, stride, out_h) for i in range(kh)]
     cols_ = [window_slice(j, stride, out_w) for j in range(kw)]
-    patches = xp.stack([xt[:, :, r, c] for r in rows for c in cols_], axis=0)  # (kh*kw, C, N, oh, ow)
-    return xp.reshape(patches, (kh * kw * C, N * out_h * out_w))
+    patches = xp.stack([xt[:, :, r, c] for r in rows for c in cols_], axis=0)  # (kh*kw, C, n, oh, ow)
+    return xp.reshape(patches, (kh * kw * C, n * out_h * out_w))
 
 
-def col2im(cols, n: int, channels: int, height: int, width: int, kh: int, kw: int, stride: int,
-           pad: int, out_h: int, out_w: int):
-    """Adjoint of im2col: sum each column entry back onto the pixel it came from.
+def col2im_add(buf, cols, n0: int, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+    """Adjoint of im2col, in place: add each column entry onto the padded pixel it came from.
 
-    cols (kh*kw*C, N*out_h*out_w) -> dx (N, C, height, width) (unpadded; the
-    gradient that fell on padding is dropped), overlapping windows accumulated.
-    One slice-add per kernel offset, in offset order (deterministic). The result
-    is a (C, N) -> (N, C) transposed VIEW of a channel-major buffer: consumers that
-    go back to channel-major (the next conv's im2col) then read it without a copy.
+    buf (C, N, Hp, Wp): channel-major padded gradient buffer (zeros to start);
+    cols (kh*kw*C, n*out_h*out_w) are the columns of images n0 .. n0+n-1, whose
+    contributions are added into buf[:, n0:n0+n]. Overlapping windows accumulate:
+    one slice-add per kernel offset, in offset order (deterministic). Calling it
+    block by block keeps each block's buffer rows in cache while they are summed.
     """
-    xp = namespace(cols)
-    parts = xp.reshape(cols, (kh * kw, channels, n, out_h, out_w))
-    hp, wp = height + 2 * pad, width + 2 * pad
-    buf = xp.zeros((channels, n, hp, wp), dtype=cols.dtype, device=aac.device(cols))
+    xp = namespace(buf, cols)
+    C = buf.shape[0]
+    n = cols.shape[1] // (out_h * out_w)
+    parts = xp.reshape(cols, (kh * kw, C, n, out_h, out_w))
+    batch = slice(n0, n0 + n)
     k = 0
     for i in range(kh):
         r = window_slice(i, stride, out_h)
         for j in range(kw):
-            c = window_slice(j, stride, out_w)
-            buf[:, :, r, c] += parts[k, ...]
+            buf[:, batch, r, window_slice(j, stride, out_w)] += parts[k, ...]
             k += 1
-    if pad:
-        buf = buf[:, :, pad:pad + height, pad:pad + width]
-    return xp.permute_dims(buf, (1, 0, 2, 3))
 
 
 def window_argmax_dtype(xp, window_size: int):

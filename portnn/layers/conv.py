@@ -17,11 +17,22 @@ thread wake-up per call; one GEMM per pass was 1.3-2x faster end to end. dw is
 computed as (cols @ d2ᵀ)ᵀ because the other orientation, a (F, N*P) @ (N*P, K)
 product with a long reduction, hits a 100x OpenBLAS slow path on 2 threads.
 
-Memory bound: the column buffer holds K*N*P elements. When that exceeds
-``max_col_bytes`` the batch is processed in chunks of images whose columns
-fit, and the backward recomputes columns chunk by chunk instead of keeping
-them. dw is then a sum of per-chunk products, so a chunked run agrees with an
-unchunked one to rounding (not bitwise).
+Memory: the column buffer holds K*N*P elements. When that fits in
+``max_col_bytes`` (default 32 MiB) the whole batch is one block whose columns
+are kept for the backward. Otherwise the batch is processed in blocks of
+images whose columns fit in min(max_col_bytes, BLOCK_BYTES = 16 MiB), and the
+backward gathers each block's columns again instead of keeping them. dw is
+then a sum of per-block products, so a blocked run agrees with a one-block run
+to rounding (not bitwise).
+
+Why recompute rather than keep (measured, benchmarks/): a buffer allocated
+fresh every step costs the kernel a page fault per 4 KiB page (zeroing it,
+and on these VMs more). glibc serves allocations above its mmap threshold
+(at most 32 MiB) with fresh pages every time, and returns a freed heap top
+above its trim threshold to the kernel; keeping 40 MB of columns (W3) faulted
+in 21-36 MiB per step, 20-30 ms of system time, while gathering them again
+costs ~5 ms. One block of at most 32 MiB in flight at a time is recycled by
+malloc from step to step (0 faults per step on W3, measured with getrusage).
 """
 
 from __future__ import annotations
@@ -31,13 +42,17 @@ import operator
 import array_api_compat as aac
 
 from .._checks import check_positive_int, check_same_dtype, is_float_dtype, _dtype_str
-from .._xp import col2im, conv_output_size, im2col
+from .._xp import col2im_add, conv_output_size, im2col, pad_channel_major
 from ..backends import namespace
 
 __all__ = ["conv_forward", "conv_backward", "MAX_COL_BYTES"]
 
-#: Default working size of the im2col column buffer, in bytes (64 MiB).
-MAX_COL_BYTES = 64 * 2**20
+#: Default bound on the im2col columns of one block, kept for the backward when
+#: the whole batch fits in one block (32 MiB: glibc's largest mmap threshold).
+MAX_COL_BYTES = 32 * 2**20
+
+#: Block size when the batch does not fit in one block (columns recomputed).
+BLOCK_BYTES = 16 * 2**20
 
 
 def conv_forward(x, w, b, conv_param=None):
@@ -50,11 +65,12 @@ def conv_forward(x, w, b, conv_param=None):
       conv_param : dict
         'stride' : int >= 1 (default 1)
         'pad'    : int >= 0, zeros added on every side of H and W (default 0)
-        'max_col_bytes' : int >= 1 (default MAX_COL_BYTES = 64 MiB). Working-size
-            bound on the im2col buffer (N*C*HH*WW*H'*W' * itemsize). Above it the
-            batch is processed in chunks of images (at least one image per
-            chunk), and the backward recomputes the columns per chunk instead
-            of caching them; results agree with an unchunked run to rounding.
+        'max_col_bytes' : int >= 1 (default MAX_COL_BYTES = 32 MiB). Memory bound
+            on the im2col columns (N*C*HH*WW*H'*W' * itemsize). Within it they are
+            built once and kept for the backward; above it the batch is processed
+            in blocks of images (at most 16 MiB of columns, at least one image)
+            and the backward gathers each block's columns again. Results agree
+            with an unbounded run to rounding.
     Returns
       out   : (N, F, H', W'), x's dtype, H' = 1 + (H + 2*pad - HH) // stride
               (floor, like PyTorch), W' likewise
@@ -69,25 +85,31 @@ def conv_forward(x, w, b, conv_param=None):
     # (F, C, HH, WW) -> (F, HH*WW*C): the column row order of im2col.
     w2 = xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (F, HH * WW * C))
     itemsize = xp.finfo(x.dtype).bits // 8
-    chunk = _chunk_images(N, C * HH * WW * Ho * Wo * itemsize, max_bytes)
+    per_image = C * HH * WW * Ho * Wo * itemsize
     bias = xp.reshape(b, (F, 1))
+    xt = pad_channel_major(x, pad)  # (C, N, Hp, Wp), kept: the backward gathers from it
 
-    if chunk >= N:
-        cols = im2col(x, HH, WW, stride, pad, Ho, Wo)
+    if N * per_image <= max_bytes:
+        # The whole batch's columns fit: one GEMM, columns kept for the backward.
+        block = max(1, N)  # (an empty batch still loops zero times)
+        cols = im2col(xt, HH, WW, stride, Ho, Wo)
         out2 = w2 @ cols
         out2 += bias
         out = xp.reshape(out2, (F, N, Ho, Wo))
     else:
-        cols = None  # too big to keep: the backward recomputes it per chunk
+        # Blocks of images; the backward gathers each block's columns again
+        # (cheaper than faulting in fresh pages to keep them: module docstring).
+        block = _chunk_images(N, per_image, min(max_bytes, BLOCK_BYTES))
+        cols = None
         out = xp.empty((F, N, Ho, Wo), dtype=x.dtype, device=aac.device(x))
-        for n0 in range(0, N, chunk):
-            n1 = min(N, n0 + chunk)
-            c = im2col(x[n0:n1, ...], HH, WW, stride, pad, Ho, Wo)
+        for n0 in range(0, N, block):
+            n1 = min(N, n0 + block)
+            c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
             o = w2 @ c
-            del c
+            del c  # the next block's columns reuse this memory
             o += bias
             out[:, n0:n1, ...] = xp.reshape(o, (F, n1 - n0, Ho, Wo))
-    cache = (x, w, w2, cols, geom, chunk)
+    cache = (x, xt, w, w2, cols, geom, block)
     return xp.permute_dims(out, (1, 0, 2, 3)), cache
 
 
@@ -104,7 +126,7 @@ def conv_backward(dout, cache, need_dx=True):
       dw : (F, C, HH, WW)
       db : (F,)
     """
-    x, w, w2, cols, (stride, pad, Ho, Wo), chunk = cache
+    x, xt, w, w2, cols, (stride, pad, Ho, Wo), block = cache
     xp = namespace(dout, x)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
@@ -115,28 +137,28 @@ def conv_backward(dout, cache, need_dx=True):
     P = Ho * Wo
 
     dt = xp.permute_dims(dout, (1, 0, 2, 3))  # (F, N, Ho, Wo); free if dout kept the forward's layout
+    db = xp.sum(xp.reshape(dt, (F, N * P)), axis=1)
+    dbuf = None
+    if need_dx:  # channel-major padded gradient buffer: the adjoint of pad_channel_major
+        dbuf = xp.zeros(tuple(xt.shape), dtype=x.dtype, device=aac.device(x))
+    dw2t = None
+    for n0 in range(0, N, block):
+        n1 = min(N, n0 + block)
+        d2 = xp.reshape(dt[:, n0:n1, ...], (F, (n1 - n0) * P))
+        c = cols if cols is not None else im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
+        part = c @ d2.mT  # (K, F); see the module docstring for the orientation
+        del c  # a recomputed block is freed before the column gradient is allocated
+        dw2t = part if dw2t is None else dw2t + part
+        del part
+        if need_dx:
+            col2im_add(dbuf, w2.mT @ d2, n0, HH, WW, stride, Ho, Wo)
+    if dw2t is None:  # empty batch: no block ran
+        dw2t = xp.zeros((HH * WW * C, F), dtype=x.dtype, device=aac.device(x))
     dx = None
-    if cols is not None:
-        d2 = xp.reshape(dt, (F, N * P))
-        db = xp.sum(d2, axis=1)
-        dw2t = cols @ d2.mT  # (K, F); see the module docstring for the orientation
-        if need_dx:
-            dx = col2im(w2.mT @ d2, N, C, H, W, HH, WW, stride, pad, Ho, Wo)
-    else:
-        db = xp.sum(xp.reshape(dt, (F, N * P)), axis=1)
-        dw2t = None
-        if need_dx:
-            dx = xp.empty((N, C, H, W), dtype=x.dtype, device=aac.device(x))
-        for n0 in range(0, N, chunk):
-            n1 = min(N, n0 + chunk)
-            d2 = xp.reshape(dt[:, n0:n1, ...], (F, (n1 - n0) * P))
-            c = im2col(x[n0:n1, ...], HH, WW, stride, pad, Ho, Wo)
-            part = c @ d2.mT
-            del c  # free the columns before the column gradient is allocated
-            dw2t = part if dw2t is None else dw2t + part
-            del part
-            if need_dx:
-                dx[n0:n1, ...] = col2im(w2.mT @ d2, n1 - n0, C, H, W, HH, WW, stride, pad, Ho, Wo)
+    if need_dx:
+        if pad:
+            dbuf = dbuf[:, :, pad:pad + H, pad:pad + W]
+        dx = xp.permute_dims(dbuf, (1, 0, 2, 3))  # (N, C, H, W) view of the channel-major buffer
     dw = xp.permute_dims(xp.reshape(dw2t, (HH, WW, C, F)), (3, 2, 0, 1))
     return dx, dw, db
 
