@@ -45,19 +45,21 @@ def window_slice(offset: int, stride: int, count: int) -> slice:
     return slice(offset, offset + stride * (count - 1) + 1, stride)
 
 
-def pad_channel_major(x, pad: int):
-    """x (N, C, H, W) -> (C, N, H + 2*pad, W + 2*pad): the channel-major, zero-padded
+def pad_channel_major(x, pad: int, pad_w: int | None = None):
+    """x (N, C, H, W) -> (C, N, H + 2*pad, W + 2*pad_w): the channel-major, zero-padded
     copy that im2col reads (padding and the (N, C) -> (C, N) transpose in one pass).
+    pad_w defaults to pad.
 
-    pad == 0 returns the transposed VIEW of x (im2col copies anyway).
+    No padding returns the transposed VIEW of x (im2col copies anyway).
     """
     xp = namespace(x)
     N, C, H, W = x.shape
+    pad_w = pad if pad_w is None else pad_w
     xt = xp.permute_dims(x, (1, 0, 2, 3))
-    if pad == 0:
+    if pad == 0 and pad_w == 0:
         return xt
-    buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=aac.device(x))
-    buf[:, :, pad:pad + H, pad:pad + W] = xt
+    buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad_w), dtype=x.dtype, device=aac.device(x))
+    buf[:, :, pad:pad + H, pad_w:pad_w + W] = xt
     return buf
 
 

@@ -153,6 +153,42 @@ def test_need_dx_false_skips_dx(backend):
     np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
 
 
+# -- the two input-gradient algorithms --------------------------------------------
+
+# Stride 1 with F <= C and pad < kernel: dx by correlation of dout with the flipped
+# filters (an im2col of dout); otherwise col2im. Both are checked against the oracle
+# on the shapes where the correlation applies, with and without blocks.
+CORR_CASES = [
+    ((2, 4, 6, 5), (3, 4, 3, 3), 1),   # 'same' padding
+    ((2, 4, 6, 5), (4, 4, 3, 3), 0),   # valid, F == C
+    ((3, 5, 7, 6), (2, 5, 3, 2), 1),   # non-square kernel, pad 1 < 2
+    ((2, 3, 8, 8), (3, 3, 5, 5), 4),   # pad = kernel - 1 (full correlation)
+    ((2, 2, 4, 4), (1, 2, 1, 1), 0),   # 1x1
+]
+
+
+@pytest.mark.parametrize("dx_by_correlation", [True, False], ids=["correlation", "col2im"])
+@pytest.mark.parametrize("k", range(len(CORR_CASES)))
+def test_dx_algorithms_match_oracle(backend, monkeypatch, k, dx_by_correlation):
+    import portnn.layers.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "DX_BY_CORRELATION", dx_by_correlation)
+    xs, ws, pad = CORR_CASES[k]
+    rng = np.random.default_rng(40 + k)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    out_ref = naive_conv_forward(x, w, b, 1, pad)
+    dout = rng.standard_normal(out_ref.shape)
+    dx_ref, dw_ref, db_ref = naive_conv_backward(dout, x, w, 1, pad)
+    per_image = xs[1] * ws[2] * ws[3] * out_ref.shape[2] * out_ref.shape[3] * 8
+    for max_bytes in (None, per_image):  # one block, or one image per block
+        param = {"stride": 1, "pad": pad} if max_bytes is None else {"stride": 1, "pad": pad, "max_col_bytes": max_bytes}
+        out, (dx, dw, db) = run(backend, x, w, b, dout, param)
+        np.testing.assert_allclose(out, out_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
+
+
 # -- chunking over the batch ----------------------------------------------------
 
 
