@@ -11,7 +11,13 @@ Method. Every implementation of a workload is built from the same host data, run
 for warm-up, checked to compute the same number, then timed in ROUNDS: each round
 calls every implementation once, in a fixed order, pausing ``--pause`` seconds
 whenever the array library changes (OpenBLAS/OpenMP worker threads spin ~0.1 s
-after a call and slow the next library's threads). Reported: median and min-max
+after a call and slow the next library's threads), and then making one untimed
+"settle" call of the implementation right before its timed one, so that every
+implementation is timed in the state of a training loop, right after its own
+previous step (without it, whichever implementation follows a pause is timed
+cold: in the fixed order, portnn on numpy always was, while PyTorch always
+followed portnn on torch, whose call had just woken torch's thread pool; W4 2x2
+moved from 0.45-0.7x cold-vs-cold to 1.1-1.7x cold-vs-warm). Reported: median and min-max
 over the rounds, the ratio of medians to PyTorch, and the GEMM floor = the
 workload's matrix-product FLOPs / the peak float32 GEMM rate measured at the
 start of the same run (the faster of numpy and torch). Both libraries use the
@@ -208,7 +214,7 @@ class LoadMeter:
 
 def time_workload(key: str, impls, *, warmup: int, repeats: int | None, budget_s: float,
                   min_rounds: int, max_rounds: int, pause: float, max_load: float = 0.25,
-                  log=print) -> dict:
+                  settle: int = 1, log=print) -> dict:
     """Build, check and time one workload on every implementation (interleaved rounds)."""
     steps, checks, errors, est = {}, {}, {}, {}
     prev = None
@@ -239,7 +245,7 @@ def time_workload(key: str, impls, *, warmup: int, repeats: int | None, budget_s
             est[impl] = time.perf_counter() - t0
             prev = impl
     switches = sum(1 for a, b in zip(live, live[1:] + live[:1]) if W.library_of(a) != W.library_of(b))
-    round_s = sum(est.values()) + switches * pause
+    round_s = (1 + settle) * sum(est.values()) + switches * pause
     if repeats:
         rounds = repeats
     else:
@@ -257,6 +263,8 @@ def time_workload(key: str, impls, *, warmup: int, repeats: int | None, budget_s
             m = meter.start()
             for impl in _round_order(live):
                 lib_pause(prev, impl)
+                for _ in range(settle):  # untimed: timed right after its own previous step
+                    steps[impl]()
                 f0 = _minor_faults()
                 t0 = time.perf_counter()
                 steps[impl]()
@@ -400,7 +408,7 @@ def run(args, log=print) -> dict:
             wl.key, impls, warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
             repeats=args.repeats, budget_s=1.2 if quick else 12.0,
             min_rounds=3 if quick else 9, max_rounds=7 if quick else 41, pause=args.pause,
-            max_load=args.max_load, log=log)
+            max_load=args.max_load, settle=args.settle, log=log)
         flops = wl.gemm_flops()
         floor_ms = flops / (gemm["peak_gflops"] * 1e9) * 1e3 if (gemm and flops) else None
         ratios = {}
@@ -458,7 +466,7 @@ def run(args, log=print) -> dict:
             "date": _dt.datetime.now().isoformat(timespec="seconds"),
             "mode": mode, "quick": quick, "command": " ".join(["python -m benchmarks"] + list(args.argv)),
             "host": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "threads": thread_info, "env": env, "pause_s": args.pause, "max_load": args.max_load, "versions": _versions(mode),
+            "threads": thread_info, "env": env, "pause_s": args.pause, "settle": args.settle, "max_load": args.max_load, "versions": _versions(mode),
             "reference": reference, "impls": impls,
         },
         "gemm": gemm,
@@ -566,7 +574,8 @@ def meta_markdown(res: dict) -> str:
         f"- Threads: requested {th['requested']}; numpy/OpenBLAS reports {th['numpy_openblas']}, "
         f"torch reports {th['torch']}. Environment: {env}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
-        f"- Rounds: interleaved, {m['pause_s']} s pause on every library switch; times are medians "
+        f"- Rounds: interleaved, {m['pause_s']} s pause on every library switch, then "
+        f"{m.get('settle', 0)} untimed call(s) of the implementation right before its timed one; times are medians "
         "(min-max) over the rounds, in ms; ratios are ratios of medians. Rounds during which other "
         f"processes used more than {m.get('max_load', 0.25):.0%} of the CPUs are dropped when enough remain "
         "(column 'rounds': used/run, and the median CPU share other processes took).",
@@ -675,6 +684,9 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=None,
                    help="warm-up calls per implementation, the result cross-check included (default 3, quick 1)")
     p.add_argument("--pause", type=float, default=0.15, help="seconds to pause when the array library changes")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed calls of an implementation right before each timed call (default 1; 0 = time it "
+                        "straight after the pause)")
     p.add_argument("--max-load", type=float, default=0.25,
                    help="drop rounds during which other processes used more than this fraction of the "
                         "CPUs (if at least half of the rounds remain)")
