@@ -153,11 +153,12 @@ def test_need_dx_false_skips_dx(backend):
     np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
 
 
-# -- the two input-gradient algorithms --------------------------------------------
+# -- the two gradient algorithms --------------------------------------------
 
-# Stride 1 with F <= C and pad < kernel: dx by correlation of dout with the flipped
-# filters (an im2col of dout); otherwise col2im. Both are checked against the oracle
-# on the shapes where the correlation applies, with and without blocks.
+# Stride 1 with F <= C and pad < kernel: dx and dw from one im2col of dout
+# (correlation with the flipped filters; D @ x^T); otherwise x's columns and col2im.
+# Both are checked against the oracle on the shapes where the correlation applies,
+# with and without blocks.
 CORR_CASES = [
     ((2, 4, 6, 5), (3, 4, 3, 3), 1),   # 'same' padding
     ((2, 4, 6, 5), (4, 4, 3, 3), 0),   # valid, F == C
@@ -167,12 +168,12 @@ CORR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dx_by_correlation", [True, False], ids=["correlation", "col2im"])
+@pytest.mark.parametrize("by_correlation", [True, False], ids=["correlation", "col2im"])
 @pytest.mark.parametrize("k", range(len(CORR_CASES)))
-def test_dx_algorithms_match_oracle(backend, monkeypatch, k, dx_by_correlation):
+def test_gradient_algorithms_match_oracle(backend, monkeypatch, k, by_correlation):
     import portnn.layers.conv as conv_module
 
-    monkeypatch.setattr(conv_module, "DX_BY_CORRELATION", dx_by_correlation)
+    monkeypatch.setattr(conv_module, "BY_CORRELATION", by_correlation)
     xs, ws, pad = CORR_CASES[k]
     rng = np.random.default_rng(40 + k)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])

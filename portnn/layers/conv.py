@@ -6,8 +6,9 @@ big GEMM with contiguous operands:
   forward   out2 (F, N*P) = w2 (F, K) @ cols (K, N*P)
   backward  dw2ᵀ (K, F)   = cols (K, N*P) @ d2ᵀ (N*P, F)
             dcols (K, N*P) = w2ᵀ (K, F) @ d2 (F, N*P), then col2im by slice-adds;
-            for stride 1 with F <= C instead dx = (C, HH*WW*F) flipped filters @
-            im2col(dout padded) (_dx_by_correlation: a gather instead of adds).
+            for stride 1 with F <= C instead both gradients come from one im2col of
+            the padded dout: dx = flipped filters @ D, dw = D @ xᵀ
+            (_grads_by_correlation: a gather instead of adds, no recomputation).
 The output is returned as the (F, N) -> (N, F) transposed VIEW of out2 (no
 copy); the backward's ``permute_dims(dout, (1, 0, 2, 3))`` of a gradient that
 kept that layout (relu/pool backward preserve it) is free again.
@@ -56,8 +57,9 @@ MAX_COL_BYTES = 32 * 2**20
 #: Block size when the batch does not fit in one block (columns recomputed).
 BLOCK_BYTES = 16 * 2**20
 
-#: dx of stride-1 layers with F <= C by correlation (see _dx_by_correlation); tests flip it.
-DX_BY_CORRELATION = True
+#: Gradients of stride-1 layers with F <= C from one gather of dout
+#: (_grads_by_correlation); the tests run both algorithms.
+BY_CORRELATION = True
 
 
 def conv_forward(x, w, b, conv_param=None):
@@ -96,11 +98,14 @@ def conv_forward(x, w, b, conv_param=None):
 
     block = _block_images(N, per_image, max_bytes)
     if block >= N:
-        # The whole batch's columns fit: one GEMM, columns kept for the backward.
+        # The whole batch's columns fit: one GEMM, columns kept for the backward
+        # unless its input gradient will come from dout alone (_by_correlation).
         cols = im2col(xt, HH, WW, stride, Ho, Wo)
         out2 = w2 @ cols
         out2 += bias
         out = xp.reshape(out2, (F, N, Ho, Wo))
+        if _by_correlation(stride, pad, w.shape, C):
+            cols = None
     else:
         # Blocks of images; the backward gathers each block's columns again
         # (cheaper than faulting in fresh pages to keep them: module docstring).
@@ -140,12 +145,15 @@ def conv_backward(dout, cache, need_dx=True):
     check_same_dtype("x", x, "dout", dout)
     P = Ho * Wo
 
+    if need_dx and _by_correlation(stride, pad, w.shape, C):
+        # Both gradients from ONE gather of dout (see _grads_by_correlation).
+        dx, dw = _grads_by_correlation(xp, dout, x, w, pad, max_bytes)
+        return dx, dw, xp.sum(dout, axis=(0, 2, 3))
+
     dt = xp.permute_dims(dout, (1, 0, 2, 3))  # (F, N, Ho, Wo); free if dout kept the forward's layout
     db = None
-    # dx as a correlation (see _dx_by_correlation) where that is cheaper than col2im.
-    by_corr = need_dx and DX_BY_CORRELATION and stride == 1 and F <= C and pad < HH and pad < WW
     dbuf = None
-    if need_dx and not by_corr:  # channel-major padded gradient buffer: the adjoint of pad_channel_major
+    if need_dx:  # channel-major padded gradient buffer: the adjoint of pad_channel_major
         dbuf = xp.zeros(tuple(xt.shape), dtype=x.dtype, device=aac.device(x))
     dw2t = None
     for n0 in range(0, N, block):
@@ -158,15 +166,13 @@ def conv_backward(dout, cache, need_dx=True):
         del c  # a recomputed block is freed before the column gradient is allocated
         dw2t = part if dw2t is None else dw2t + part
         del part
-        if dbuf is not None:
+        if need_dx:
             col2im_add(dbuf, w2.mT @ d2, n0, HH, WW, stride, Ho, Wo)
     if dw2t is None:  # empty batch: no block ran
         dw2t = xp.zeros((HH * WW * C, F), dtype=x.dtype, device=aac.device(x))
         db = xp.zeros((F,), dtype=x.dtype, device=aac.device(x))
     dx = None
-    if by_corr:
-        dx = _dx_by_correlation(xp, dout, w, pad, H, W, max_bytes)
-    elif need_dx:
+    if need_dx:
         if pad:
             dbuf = dbuf[:, :, pad:pad + H, pad:pad + W]
         dx = xp.permute_dims(dbuf, (1, 0, 2, 3))  # (N, C, H, W) view of the channel-major buffer
@@ -177,32 +183,52 @@ def conv_backward(dout, cache, need_dx=True):
 # -- helpers -------------------------------------------------------------------
 
 
-def _dx_by_correlation(xp, dout, w, pad, H, W, max_bytes):
-    """dx of a stride-1 convolution as a correlation of dout with the flipped filters.
+def _by_correlation(stride, pad, wshape, channels) -> bool:
+    """Whether the backward (with dx) takes both gradients from dout's columns."""
+    F, _, HH, WW = wshape
+    return BY_CORRELATION and stride == 1 and F <= channels and pad < HH and pad < WW
 
-    dx[n, c, y, z] = sum_{f,i,j} doutp[n, f, y + i, z + j] * w[f, c, HH-1-i, WW-1-j],
-    doutp = dout zero-padded by HH-1-pad rows and WW-1-pad columns (>= 0: pad < HH, WW).
-    That is one im2col of dout (K' = HH*WW*F rows) and one (C, K') GEMM per block:
-    a gather (copy) instead of col2im's slice-ADDS, which read and write the
-    gradient buffer once per kernel offset, and the GEMM orientation that runs
-    fastest (measured on W3: ~6 ms of ~55 saved). Used when F <= C, where these
-    columns are no larger than the forward's; for few input channels (an RGB
-    first layer, F >> C) col2im's columns are the smaller ones.
+
+def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
+    """dx and dw of a stride-1 convolution from ONE im2col of the padded dout.
+
+    With doutp = dout zero-padded by HH-1-pad rows and WW-1-pad columns (>= 0:
+    pad < HH, WW) and its columns D[(i*WW + j)*F + f, (n, y, z)] = doutp[f, n, y+i, z+j]
+    over the INPUT positions (y, z) < (H, W):
+      dx[n, c, y, z]  = sum_{i,j,f} D[(i,j,f), (n,y,z)] * w[f, c, HH-1-i, WW-1-j]
+                        (correlation with the flipped filters: wt2 (C, HH*WW*F) @ D)
+      dw[f, c, a, b]  = sum_{n,y,z} D[(HH-1-a, WW-1-b, f), (n,y,z)] * x[n, c, y, z]
+                        (D @ x_cmᵀ, x channel-major, then the offsets flipped back).
+    One gather (a copy) per block replaces col2im's slice-ADDS (a read-modify-write
+    of the gradient buffer per kernel offset) AND the recomputation of x's columns
+    when they were not kept; both GEMMs run in their fast orientation. Used when
+    F <= C, where D is no larger than x's columns; for few input channels (an RGB
+    first layer, F >> C) the column path is the cheaper. Measured on W3 (64 -> 64
+    channels, 3x3): benchmarks/, docs/benchmarks.md.
     """
     N, F, Ho, Wo = dout.shape
-    _, C, HH, WW = w.shape
+    _, C, H, W = x.shape
+    HH, WW = w.shape[2], w.shape[3]
+    dev = aac.device(dout)
     # wt2[c, (i*WW + j)*F + f] = w[f, c, HH-1-i, WW-1-j]: im2col's row order (offset, channel).
     wt2 = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 2, 3, 0)), (C, HH * WW * F))
     dp = pad_channel_major(dout, HH - 1 - pad, WW - 1 - pad)  # (F, N, H + HH - 1, W + WW - 1)
+    xcm = xp.permute_dims(x, (1, 0, 2, 3))  # (C, N, H, W) view
     itemsize = xp.finfo(dout.dtype).bits // 8
     block = _block_images(N, F * HH * WW * H * W * itemsize, max_bytes)
-    dxt = xp.empty((C, N, H, W), dtype=dout.dtype, device=aac.device(dout))
+    dxt = xp.empty((C, N, H, W), dtype=dout.dtype, device=dev)
+    g = None  # (HH*WW*F, C), rows (i, j, f) with i = HH-1-a, j = WW-1-b
     for n0 in range(0, N, block):
         n1 = min(N, n0 + block)
-        c = im2col(dp[:, n0:n1, ...], HH, WW, 1, H, W)
-        dxt[:, n0:n1, ...] = xp.reshape(wt2 @ c, (C, n1 - n0, H, W))
-        del c
-    return xp.permute_dims(dxt, (1, 0, 2, 3))
+        d = im2col(dp[:, n0:n1, ...], HH, WW, 1, H, W)  # (HH*WW*F, n*H*W)
+        dxt[:, n0:n1, ...] = xp.reshape(wt2 @ d, (C, n1 - n0, H, W))
+        part = d @ xp.reshape(xcm[:, n0:n1, ...], (C, (n1 - n0) * H * W)).mT
+        del d
+        g = part if g is None else g + part
+    if g is None:  # empty batch
+        g = xp.zeros((HH * WW * F, C), dtype=dout.dtype, device=dev)
+    dw = xp.permute_dims(xp.flip(xp.reshape(g, (HH, WW, F, C)), axis=(0, 1)), (2, 3, 0, 1))
+    return xp.permute_dims(dxt, (1, 0, 2, 3)), dw
 
 
 def _block_images(n: int, col_bytes_per_image: int, max_bytes: int) -> int:
