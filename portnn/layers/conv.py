@@ -96,8 +96,10 @@ def conv_forward(x, w, b, conv_param=None):
     bias = xp.reshape(b, (F, 1))
     xt = pad_channel_major(x, pad)  # (C, N, Hp, Wp), kept: the backward gathers from it
 
-    block = _block_images(N, per_image, max_bytes)
-    if block >= N:
+    # Blocks of images whose columns fit in min(max_col_bytes, BLOCK_BYTES): the
+    # unit of every transient column buffer (module docstring: page faults).
+    block = _chunk_images(N, per_image, min(max_bytes, BLOCK_BYTES))
+    if N * per_image <= max_bytes:
         # The whole batch's columns fit: one GEMM, columns kept for the backward
         # unless its input gradient will come from dout alone (_by_correlation).
         cols = im2col(xt, HH, WW, stride, Ho, Wo)
@@ -161,9 +163,12 @@ def conv_backward(dout, cache, need_dx=True):
         d2 = xp.reshape(dt[:, n0:n1, ...], (F, (n1 - n0) * P))  # a copy unless dout is channel-major
         part = xp.sum(d2, axis=1)  # db per block: sums the contiguous d2, never dout's strided view
         db = part if db is None else db + part
-        c = cols if cols is not None else im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
+        if cols is not None:  # kept: the block's column range (a view)
+            c = cols[:, n0 * P:n1 * P]
+        else:
+            c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
         part = c @ d2.mT  # (K, F); see the module docstring for the orientation
-        del c  # a recomputed block is freed before the column gradient is allocated
+        del c  # a recomputed block is freed before the block's column gradient is allocated
         dw2t = part if dw2t is None else dw2t + part
         del part
         if need_dx:
@@ -215,7 +220,7 @@ def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
     dp = pad_channel_major(dout, HH - 1 - pad, WW - 1 - pad)  # (F, N, H + HH - 1, W + WW - 1)
     xcm = xp.permute_dims(x, (1, 0, 2, 3))  # (C, N, H, W) view
     itemsize = xp.finfo(dout.dtype).bits // 8
-    block = _block_images(N, F * HH * WW * H * W * itemsize, max_bytes)
+    block = _chunk_images(N, F * HH * WW * H * W * itemsize, min(max_bytes, BLOCK_BYTES))
     dxt = xp.empty((C, N, H, W), dtype=dout.dtype, device=dev)
     g = None  # (HH*WW*F, C), rows (i, j, f) with i = HH-1-a, j = WW-1-b
     for n0 in range(0, N, block):
@@ -231,21 +236,15 @@ def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
     return xp.permute_dims(dxt, (1, 0, 2, 3)), dw
 
 
-def _block_images(n: int, col_bytes_per_image: int, max_bytes: int) -> int:
-    """Images per block: the whole batch when its columns fit in max_bytes,
-    else balanced blocks of at most min(max_bytes, BLOCK_BYTES) (at least 1)."""
-    if n * col_bytes_per_image <= max_bytes:
-        return max(1, n)  # (an empty batch still loops zero times)
-    return _chunk_images(n, col_bytes_per_image, min(max_bytes, BLOCK_BYTES))
-
-
 def _chunk_images(n: int, col_bytes_per_image: int, max_bytes: int) -> int:
-    """Images per block so that a block's columns fit in max_bytes (at least 1),
-    balanced: the fewest blocks that fit, of equal size up to one image (no
-    small last block with a short, inefficient GEMM)."""
+    """Images per block so that a block's columns fit in max_bytes (at least 1, and
+    1 for an empty batch), balanced: the fewest blocks that fit, of equal size up
+    to one image (no small last block with a short, inefficient GEMM)."""
+    if n == 0:
+        return 1  # range(0, 0, 1): no block runs
     most = max(1, min(n, max_bytes // max(1, col_bytes_per_image)))
     blocks = -(-n // most)
-    return max(1, -(-n // blocks))
+    return -(-n // blocks)
 
 
 def _int_param(params, key, default, minimum):
