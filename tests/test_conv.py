@@ -190,6 +190,18 @@ def test_gradient_algorithms_match_oracle(backend, monkeypatch, k, by_correlatio
         np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("by_correlation", [True, False], ids=["correlation", "col2im"])
+def test_empty_batch_both_algorithms(backend, monkeypatch, by_correlation):
+    import portnn.layers.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "BY_CORRELATION", by_correlation)
+    rng = np.random.default_rng(7)
+    x, w, b = np.zeros((0, 4, 6, 6)), rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(3)
+    out, (dx, dw, db) = run(backend, x, w, b, np.zeros((0, 3, 6, 6)), {"stride": 1, "pad": 1})
+    assert out.shape == (0, 3, 6, 6) and dx.shape == (0, 4, 6, 6)
+    assert dw.shape == (3, 4, 3, 3) and not dw.any() and db.shape == (3,) and not db.any()
+
+
 # -- chunking over the batch ----------------------------------------------------
 
 

@@ -24,9 +24,10 @@ Memory: the column buffer holds K*N*P elements. When that fits in
 ``max_col_bytes`` (default 32 MiB) the whole batch is one block whose columns
 are kept for the backward. Otherwise the batch is processed in blocks of
 images whose columns fit in min(max_col_bytes, BLOCK_BYTES = 16 MiB), and the
-backward gathers each block's columns again instead of keeping them. dw is
-then a sum of per-block products, so a blocked run agrees with a one-block run
-to rounding (not bitwise).
+backward gathers each block's columns again instead of keeping them. The
+backward always works in such blocks (the column gradient too, and a kept
+column matrix is sliced per block). dw is then a sum of per-block products, so
+a blocked run agrees with a one-block run to rounding (not bitwise).
 
 Why recompute rather than keep (measured, benchmarks/): a buffer allocated
 fresh every step costs the kernel a page fault per 4 KiB page (zeroing it,
