@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from .backends import namespace
+
 
 def _dtype_str(dt) -> str:
     """'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
@@ -85,3 +87,13 @@ def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_ope
         interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
         raise ValueError(f"{name}: expected a value in {interval}, got {value!r}")
     return v
+
+
+def check_array_beside(ref, a, name: str, expected: str = "an array"):
+    """``a`` must be an array of ``ref``'s backend and device; errors start with ``name``."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected {expected}, got {type(a).__name__}")
+    try:
+        namespace(ref, a)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None

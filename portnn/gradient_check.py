@@ -26,7 +26,8 @@ import math
 
 import numpy as np
 
-from .backends import backend_of, namespace
+from ._checks import check_array_beside
+from .backends import backend_of
 
 __all__ = [
     "eval_numerical_gradient",
@@ -223,12 +224,7 @@ def directional_gradient_check(f, params, grads, seed=0, eps=1e-6) -> float:
         if name not in grads:
             raise ValueError(f"grads: missing the gradient of {name!r}; params has {list(params)}")
         g = grads[name]
-        if not (hasattr(g, "shape") and hasattr(g, "dtype")):
-            raise TypeError(f"grads[{name!r}]: expected an array, got {type(g).__name__}")
-        try:
-            namespace(p, g)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"grads[{name!r}]: {e}") from None
+        check_array_beside(p, g, f"grads[{name!r}]")
         if tuple(g.shape) != tuple(p.shape):
             raise ValueError(f"grads[{name!r}]: expected shape {tuple(p.shape)}, got {tuple(g.shape)}")
         host_dirs[name] = rng.standard_normal(tuple(p.shape))

@@ -40,7 +40,7 @@ import operator
 
 import array_api_compat as aac
 
-from ._checks import check_same_dtype, check_shape, is_float_dtype, _dtype_str
+from ._checks import check_array_beside, check_same_dtype, check_shape, is_float_dtype, _dtype_str
 from .backends import namespace
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "get_update_rule"]
@@ -125,12 +125,7 @@ def _state(xp, config, key, w):
     s = config.get(key)
     if s is None:
         return xp.zeros(tuple(w.shape), dtype=w.dtype, device=aac.device(w))
-    if not (hasattr(s, "shape") and hasattr(s, "dtype")):
-        raise TypeError(f"config[{key!r}]: expected an array of w's shape or None, got {type(s).__name__}")
-    try:
-        namespace(w, s)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"config[{key!r}]: {e}") from None
+    check_array_beside(w, s, f"config[{key!r}]", "an array of w's shape or None")
     if s.dtype != w.dtype:
         raise TypeError(
             f"config[{key!r}]: expected dtype {_dtype_str(w.dtype)} (the dtype of w), got {_dtype_str(s.dtype)}"
