@@ -1,83 +1,75 @@
-"""Argument validation at the public boundary (DESIGN rule 6).
+"""The one validation vocabulary of portnn (docs/design.md, "Errors at the boundary").
 
-Every message names the argument, what was expected and what came. These run
-before any state is touched, so a failing call mutates nothing. They only read
-shapes and dtypes (host metadata): no device synchronisation, except
-``check_labels`` whose range check needs one small reduction.
+Every public function checks its arguments with these helpers before it touches
+any state, so a failing call mutates nothing, and every message has the same
+shape: ``"<argument>: expected <what>, got <what came>"``.
+
+Rules shared by every helper:
+- integers: Python ints and NumPy integer scalars (anything with ``__index__``)
+  are accepted and returned as Python ints; ``bool`` is refused (True is not a
+  stride); floats, strings and arrays are refused (TypeError); out of range is a
+  ValueError.
+- real numbers: Python/NumPy floats and ints are accepted and returned as
+  Python floats (a NumPy float64 scalar would silently upcast float32 maths);
+  ``bool`` and strings are refused (TypeError); NaN, inf and out of range are a
+  ValueError.
+- arrays: only shapes and dtypes are read (host metadata), never values, so no
+  check causes a device synchronisation, except ``check_labels``' range check
+  (one small reduction) and the host-side ``check_labels_host``.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 
-from .backends import namespace
+import numpy as np
 
+__all__ = [
+    "check_int", "check_positive_int", "check_float_in", "check_bool",
+    "check_float_array", "check_same_dtype", "check_shape", "check_array_beside",
+    "check_labels", "check_labels_host", "is_float_dtype",
+    "dtype_str", "float_dtype_name", "host_dtype", "to_host",
+]
 
-def _dtype_str(dt) -> str:
-    """'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
-    name = getattr(dt, "name", None) or getattr(dt, "__name__", None) or str(dt)
-    return str(name).rsplit(".", 1)[-1]
-
-
-def is_float_dtype(xp, dtype) -> bool:
-    return dtype in (xp.float32, xp.float64)
-
-
-def check_float_array(xp, x, name: str, ndim=None, min_ndim=None):
-    """x must be a float32/float64 array of the given rank."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
-    if not is_float_dtype(xp, x.dtype):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {_dtype_str(x.dtype)}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(x.shape)}")
-    if min_ndim is not None and x.ndim < min_ndim:
-        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+# --------------------------------------------------------------------------- scalars
 
 
-def check_same_dtype(name_a, a, name_b, b):
-    if a.dtype != b.dtype:
-        raise TypeError(
-            f"{name_b}: expected dtype {_dtype_str(a.dtype)} (the dtype of {name_a}), "
-            f"got {_dtype_str(b.dtype)}"
-        )
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None,
+              expected: str | None = None) -> int:
+    """``value`` as a Python int with minimum <= value <= maximum (None: unbounded).
 
-
-def check_shape(x, name: str, expected: tuple):
-    """Exact shape check; use None in ``expected`` for a free dimension."""
-    shape = tuple(x.shape)
-    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-        exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
-        raise ValueError(f"{name}: expected shape {exp}, got {shape}")
-
-
-def check_labels(xp, y, n: int, num_classes: int, name: str = "y"):
-    """Integer labels of shape (n,) with 0 <= y[i] < num_classes.
-
-    The range check is one reduction and one small device->host read.
+    ``expected`` overrides the phrase in the message ("an integer >= 1" by default).
     """
-    if not hasattr(y, "dtype"):
-        raise TypeError(f"{name}: expected an integer array of labels, got {type(y).__name__}")
-    if y.dtype not in (xp.int64, xp.int32, xp.int16, xp.int8, xp.uint8):
-        raise TypeError(f"{name}: expected integer labels, got dtype {_dtype_str(y.dtype)}")
-    if tuple(y.shape) != (n,):
-        raise ValueError(f"{name}: expected shape ({n},) to match the batch, got {tuple(y.shape)}")
-    if n:
-        lo, hi = int(xp.min(y)), int(xp.max(y))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name}: labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]"
-            )
+    if expected is None:
+        if minimum is not None and maximum is not None:
+            expected = f"an integer in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            expected = f"an integer >= {minimum}"
+        elif maximum is not None:
+            expected = f"an integer <= {maximum}"
+        else:
+            expected = "an integer"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected {expected}, got {value!r} (a bool)")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {expected}, got {value!r}") from None
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise ValueError(f"{name}: expected {expected}, got {v}")
+    return v
 
 
-def check_positive_int(value, name: str, minimum: int = 1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """check_int with a lower bound (default 1): sizes, counts, strides."""
+    return check_int(value, name, minimum=minimum)
 
 
-def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_open=False):
-    """A real number in the interval [lo, hi] (ends open as requested); returns float(value)."""
+def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+    """A finite real number in the interval [lo, hi] (ends open as requested), as a Python float."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or hasattr(value, "shape") and not np.isscalar(value):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -89,11 +81,171 @@ def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_ope
     return v
 
 
+def check_bool(value, name: str) -> bool:
+    """A real bool (Python or NumPy), not a truthy number or string."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+def dtype_str(dtype) -> str:
+    """The plain name of any library's dtype, for messages and host conversion:
+    'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name  # NumPy / CuPy dtypes and scalar types
+    except TypeError:
+        pass
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+    return str(name).rsplit(".", 1)[-1]
+
+
+_FLOAT_NAMES = ("float32", "float64")
+
+
+def float_dtype_name(dtype) -> str:
+    """Any spelling of a float dtype -> "float32" / "float64" (ValueError otherwise).
+
+    Accepts "float32", np.float32, np.dtype("float32"), torch.float32,
+    array_api_strict.float32, cupy.float32 ...
+    """
+    try:
+        name = dtype_str(dtype)
+    except Exception:
+        name = None
+    if name not in _FLOAT_NAMES:
+        raise ValueError(
+            f"dtype: expected one of {_FLOAT_NAMES} (as a string, a NumPy dtype or the "
+            f"backend's own dtype object), got {dtype!r}"
+        )
+    return name
+
+
+_HOST_NAMES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def host_dtype(dtype) -> np.dtype:
+    """The NumPy dtype that holds arrays of a backend ``dtype`` on the host."""
+    name = dtype_str(dtype)
+    if name not in _HOST_NAMES:
+        raise TypeError(f"unsupported dtype {dtype!r}")
+    return np.dtype(name)
+
+
+def is_float_dtype(xp, dtype) -> bool:
+    return dtype in (xp.float32, xp.float64)
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _is_array(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (int, float, bool))
+
+
+def check_float_array(xp, x, name: str, ndim=None, min_ndim=None, layout: str | None = None):
+    """x must be a float32/float64 array (of rank ``ndim``, or at least ``min_ndim``).
+
+    ``layout`` (e.g. "(N, C, H, W)") is quoted in the rank message.
+    """
+    if not _is_array(x):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+    if not is_float_dtype(xp, x.dtype):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {dtype_str(x.dtype)}")
+    what = f" {layout}" if layout else ""
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array{what}, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+
+
+def check_same_dtype(name_a, a, name_b, b):
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{name_b}: expected dtype {dtype_str(a.dtype)} (the dtype of {name_a}), "
+            f"got {dtype_str(b.dtype)}"
+        )
+
+
+def check_shape(x, name: str, expected: tuple):
+    """Exact shape check; use None in ``expected`` for a free dimension."""
+    shape = tuple(x.shape)
+    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name}: expected shape {exp}, got {shape}")
+
+
 def check_array_beside(ref, a, name: str, expected: str = "an array"):
     """``a`` must be an array of ``ref``'s backend and device; errors start with ``name``."""
-    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+    from .backends import namespace
+
+    if not _is_array(a):
         raise TypeError(f"{name}: expected {expected}, got {type(a).__name__}")
     try:
         namespace(ref, a)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e}") from None
+
+
+_INT_NAMES = ("int64", "int32", "int16", "int8", "uint8")
+
+
+def check_labels(xp, y, n: int, num_classes: int, name: str = "y"):
+    """Integer labels (device array) of shape (n,) with 0 <= y[i] < num_classes.
+
+    The range check is one reduction and one small device->host read.
+    """
+    if not hasattr(y, "dtype"):
+        raise TypeError(f"{name}: expected an integer array of labels, got {type(y).__name__}")
+    if y.dtype not in tuple(getattr(xp, t) for t in _INT_NAMES):
+        raise TypeError(f"{name}: expected integer labels, got dtype {dtype_str(y.dtype)}")
+    if tuple(y.shape) != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) to match the batch, got {tuple(y.shape)}")
+    if n:
+        lo, hi = int(xp.min(y)), int(xp.max(y))
+        _check_label_range(name, lo, hi, num_classes)
+
+
+def check_labels_host(y: np.ndarray, n: int, num_classes: int, name: str) -> np.ndarray:
+    """Host integer labels of shape (n,) in [0, num_classes) -> an int64 copy."""
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) to match the images, got {y.shape}")
+    if n:
+        _check_label_range(name, int(y.min()), int(y.max()), num_classes)
+    return y.astype(np.int64)
+
+
+def _check_label_range(name, lo, hi, num_classes):
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+# --------------------------------------------------------------------------- host conversion
+
+
+def to_host(a, name: str, copy: bool = False) -> np.ndarray:
+    """Any backend array, NumPy array, scalar or array-like -> a NumPy array on the host.
+
+    One explicit transfer for device arrays (``Backend.to_numpy``). ``copy=True``
+    returns an array that owns its data: NumPy views, torch CPU tensors and strict
+    arrays otherwise share memory with the result.
+    """
+    if isinstance(a, np.ndarray):
+        return np.array(a, copy=True) if copy else a
+    if isinstance(a, (np.generic, int, float, bool)):
+        return np.array(a)
+    if _is_array(a):
+        from .backends import backend_of
+
+        host = backend_of(a).to_numpy(a)
+        return np.array(host, copy=True) if copy else host
+    try:
+        return np.array(a) if copy else np.asarray(a)
+    except Exception as e:
+        raise TypeError(f"{name}: expected an array, got {type(a).__name__}") from e

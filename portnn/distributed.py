@@ -50,6 +50,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._checks import dtype_str
+
 __all__ = [
     "Communicator", "SingleProcessCommunicator", "MPICommunicator", "NCCLCommunicator",
     "ThreadFakeCommunicator", "CommAborted", "create_communicator", "launched_by_mpi",
@@ -148,10 +150,10 @@ def _split_flat(xp, flat, group):
 
 
 def _host_dtype_name(be, a):
-    for name in ("float64", "float32", "int64", "int32", "int8", "bool"):
-        if a.dtype == getattr(be.xp, name, None):
-            return name
-    raise TypeError(f"unsupported dtype for a collective: {a.dtype!r}")
+    name = dtype_str(a.dtype)
+    if name not in ("float64", "float32", "int64", "int32", "int8", "bool"):
+        raise TypeError(f"unsupported dtype for a collective: {a.dtype!r}")
+    return name
 
 
 # --------------------------------------------------------------------------- base class

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_array_beside
+from ._checks import check_array_beside, dtype_str, to_host
 from .backends import backend_of
 
 __all__ = [
@@ -41,14 +41,8 @@ __all__ = [
 
 
 def _host_copy(a) -> np.ndarray:
-    """Any backend array, NumPy array or scalar -> a NumPy array that owns its data.
-
-    A copy is taken because NumPy views, torch CPU tensors and strict arrays share
-    memory with what ``to_numpy`` returns, and x is written to afterwards.
-    """
-    if isinstance(a, (np.ndarray, np.generic, int, float, bool)):
-        return np.array(a, copy=True)
-    return np.array(backend_of(a).to_numpy(a), copy=True)
+    """A NumPy copy that owns its data (x is written to afterwards; to_numpy may share memory)."""
+    return to_host(a, "x", copy=True)
 
 
 def _scalar(value, what: str) -> float:
@@ -77,13 +71,9 @@ def _float_array_backend(x, name: str):
     return be
 
 
-def _dtype_str(dtype) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
-
-
 def _to_backend(be, host_grad, x):
     """Host gradient -> array of x's backend, device, dtype and shape (0-d included)."""
-    out = be.asarray(host_grad, dtype=_dtype_str(x.dtype))
+    out = be.asarray(host_grad, dtype=dtype_str(x.dtype))
     if tuple(out.shape) != tuple(host_grad.shape):
         # np.ascontiguousarray makes 0-d arrays 1-d on the way in.
         out = be.xp.reshape(out, tuple(host_grad.shape))

@@ -36,11 +36,10 @@ adam           learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8  m, v, t
 from __future__ import annotations
 
 import math
-import operator
 
 import array_api_compat as aac
 
-from ._checks import check_array_beside, check_same_dtype, check_shape, is_float_dtype, _dtype_str
+from ._checks import check_array_beside, check_int, check_same_dtype, check_shape, is_float_dtype, dtype_str as _dtype_str
 from .backends import namespace
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "get_update_rule"]
@@ -108,16 +107,8 @@ def _epsilon(config, default):
 
 
 def _step_count(config):
-    t = config.get("t", 0)
-    try:
-        if isinstance(t, bool):
-            raise TypeError
-        t = operator.index(t)
-    except TypeError:
-        raise TypeError(f"config['t']: expected a non-negative integer step count, got {t!r}") from None
-    if t < 0:
-        raise ValueError(f"config['t']: expected a non-negative integer step count, got {t!r}")
-    return t
+    return check_int(config.get("t", 0), "config['t']", minimum=0,
+                     expected="a non-negative integer step count")
 
 
 def _state(xp, config, key, w):

@@ -56,6 +56,7 @@ import secrets
 
 import numpy as np  # host side only: host_generator
 
+from ._checks import check_int
 from .backends import namespace
 
 __all__ = [
@@ -87,13 +88,7 @@ _MAX_ROUNDS = 32  # Random123 unrolls Threefry-2x32 up to 32 rounds
 def _checked_int(v, name, lo, hi, expected):
     """v as a Python int with lo <= v < hi (hi None: no upper bound), else a
     TypeError / ValueError naming ``name`` and saying ``expected``."""
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected {expected}, got {v!r}") from None
-    if v < lo or (hi is not None and v >= hi):
-        raise ValueError(f"{name}: expected {expected}, got {v}")
-    return v
+    return check_int(v, name, minimum=lo, maximum=None if hi is None else hi - 1, expected=expected)
 
 
 def _word(v, name):
@@ -263,12 +258,7 @@ def host_generator(seed=None):
     minibatch order): bit-identical on every backend once sent with
     ``Backend.asarray``. seed : int >= 0, or None for fresh OS entropy."""
     if seed is not None:
-        try:
-            seed = operator.index(seed)
-        except TypeError:
-            raise TypeError(f"seed: expected a non-negative int or None, got {type(seed).__name__}") from None
-        if seed < 0:
-            raise ValueError(f"seed: expected a non-negative int or None, got {seed}")
+        seed = check_int(seed, "seed", minimum=0, expected="a non-negative int or None")
     return np.random.default_rng(seed)
 
 

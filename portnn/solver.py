@@ -17,8 +17,8 @@ import time
 from . import optim
 from . import random as prandom
 from . import schedules as sched
-from ._checks import check_float_in, check_positive_int
-from .data.batches import check_labels_host, epoch_permutation, subsample, to_host
+from ._checks import check_float_in, check_labels_host, check_positive_int, float_dtype_name, to_host
+from .data.batches import epoch_permutation, subsample
 from .distributed import shard_batch
 
 _LOSS_KEY = " loss"  # rides along with the gradients in the per-step allreduce
@@ -429,7 +429,6 @@ class Solver:
         """Make every rank start from rank 0's state: check that the ranks agree on
         the data and model, then broadcast params, batchnorm statistics, optimizer
         state, best params, seed, RNG position and progress."""
-        from .backends import dtype_name
         from .distributed import mark_all_ranks
 
         comm, model = self.comm, self.model
@@ -438,7 +437,7 @@ class Solver:
         signature = {
             "train samples": tuple(self.X_train.shape), "val samples": tuple(self.X_val.shape),
             "batch_size": self.batch_size, "num_epochs": self.num_epochs,
-            "update_rule": self.update_rule_name, "dtype": dtype_name(model.dtype),
+            "update_rule": self.update_rule_name, "dtype": float_dtype_name(model.dtype),
             "params": [(k, tuple(v.shape)) for k, v in sorted(model.params.items())],
         }
         every = comm.allgather_obj(signature)

@@ -3,6 +3,7 @@
 import numpy as np
 import array_api_compat as aac
 
+from portnn._checks import to_host
 from portnn.backends import get_backend
 
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
@@ -10,11 +11,7 @@ TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=
 
 def to_np(x, backend=None):
     """Any backend array (or scalar) -> NumPy on the host."""
-    if isinstance(x, (float, int, np.ndarray, np.generic)):
-        return np.asarray(x)
-    from portnn.backends import backend_of
-
-    return backend_of(x).to_numpy(x)
+    return to_host(x, "x")
 
 
 def assert_on_backend(x, backend):

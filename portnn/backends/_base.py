@@ -10,34 +10,11 @@ from __future__ import annotations
 import numpy as np
 import array_api_compat as aac
 
+from .._checks import float_dtype_name as dtype_name, host_dtype
+
 
 class BackendError(RuntimeError):
     """A backend was asked for that is unknown, not installed or has no device."""
-
-
-_FLOAT_NAMES = ("float32", "float64")
-
-
-def dtype_name(dtype) -> str:
-    """Normalise any float dtype spelling to "float32" / "float64".
-
-    Accepts "float32", np.float32, np.dtype("float32"), torch.float32,
-    array_api_strict.float32, cupy.float32 ... (anything whose name or repr ends
-    in a float dtype name).
-    """
-    if isinstance(dtype, str):
-        name = dtype
-    else:
-        try:
-            name = np.dtype(dtype).name  # NumPy/CuPy scalar types and dtypes
-        except TypeError:
-            name = str(dtype).rsplit(".", 1)[-1]  # torch.float32, array_api_strict.float32
-    if name not in _FLOAT_NAMES:
-        raise ValueError(
-            f"dtype: expected one of {_FLOAT_NAMES} (as a string, a NumPy dtype or the "
-            f"backend's own dtype object), got {dtype!r}"
-        )
-    return name
 
 
 class Backend:
@@ -92,7 +69,7 @@ class Backend:
                 raise TypeError(f"{self.name}.asarray: unsupported host dtype {host.dtype}")
         else:
             dt = self.dtype_of(dtype)
-            host = host.astype(_host_dtype(dt, self.xp))
+            host = host.astype(host_dtype(dt))
         return self.xp.asarray(np.require(host, requirements="C"), dtype=dt, device=self.device, copy=True)
 
     def dtype_of(self, dtype):
@@ -140,9 +117,3 @@ class Backend:
     def __hash__(self):
         return hash((self.name, str(self.device)))
 
-
-def _host_dtype(dt, xp):
-    for name in ("float32", "float64", "int64", "int32", "int8", "bool"):
-        if dt == getattr(xp, name, None):
-            return np.dtype(name)
-    raise TypeError(f"unsupported dtype {dt!r}")

@@ -6,32 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import random as prandom
-from ..backends import backend_of
-
-
-def to_host(a, name: str) -> np.ndarray:
-    """Any backend array (or array-like) -> NumPy array on the host."""
-    if isinstance(a, np.ndarray):
-        return a
-    if hasattr(a, "shape") and hasattr(a, "dtype"):
-        return backend_of(a).to_numpy(a)
-    try:
-        return np.asarray(a)
-    except Exception as e:
-        raise TypeError(f"{name}: expected an array, got {type(a).__name__}") from e
-
-
-def check_labels_host(y: np.ndarray, n: int, num_classes: int, name: str) -> np.ndarray:
-    """Integer labels of shape (n,) in [0, num_classes) -> int64 copy."""
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integer labels, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name}: expected shape ({n},) to match the images, got {y.shape}")
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            f"{name}: labels must lie in [0, {num_classes}), got values in [{y.min()}, {y.max()}]"
-        )
-    return y.astype(np.int64)
+from .._checks import check_positive_int, to_host
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -50,8 +25,6 @@ def subsample(seed: int, n: int, k) -> np.ndarray:
 def predict_labels(model, X, batch_size: int = 100) -> np.ndarray:
     """Argmax labels of ``model`` for X (N, ...), scored in batches on the model's
     device; the labels come back to the host in ONE transfer. Returns int64 (N,)."""
-    from .._checks import check_positive_int
-
     check_positive_int(batch_size, "batch_size")
     be, xp = model.backend, model.backend.xp
     on_device = be.is_array(X) and not isinstance(X, np.ndarray)  # host data always converts

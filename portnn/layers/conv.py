@@ -41,11 +41,9 @@ malloc from step to step (0 faults per step on W3, measured with getrusage).
 
 from __future__ import annotations
 
-import operator
-
 import array_api_compat as aac
 
-from .._checks import check_positive_int, check_same_dtype, is_float_dtype, _dtype_str
+from .._checks import check_float_array, check_int, check_same_dtype
 from .._xp import col2im_add, conv_output_size, im2col, pad_channel_major
 from ..backends import namespace
 
@@ -248,36 +246,14 @@ def _chunk_images(n: int, col_bytes_per_image: int, max_bytes: int) -> int:
     return -(-n // blocks)
 
 
-def _int_param(params, key, default, minimum):
-    value = params.get(key, default)
-    name = f"conv_param['{key}']"
-    if isinstance(value, bool):
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    try:
-        value = operator.index(value)  # accepts NumPy integers, rejects floats
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}") from None
-    return check_positive_int(value, name, minimum)
-
-
-def _check_float(xp, a, name, ndim):
-    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-        raise TypeError(f"{name}: expected an array, got {type(a).__name__}")
-    if not is_float_dtype(xp, a.dtype):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {_dtype_str(a.dtype)}")
-    if a.ndim != ndim:
-        what = {4: "(N, C, H, W)" if name == "x" else "(F, C, HH, WW)", 1: "(F,)"}[ndim]
-        raise ValueError(f"{name}: expected a {ndim}-d array {what}, got shape {tuple(a.shape)}")
-
-
 def _check_conv(xp, x, w, b, conv_param):
     if conv_param is None:
         conv_param = {}
     if not isinstance(conv_param, dict):
         raise TypeError(f"conv_param: expected a dict with 'stride' and 'pad', got {type(conv_param).__name__}")
-    _check_float(xp, x, "x", 4)
-    _check_float(xp, w, "w", 4)
-    _check_float(xp, b, "b", 1)
+    check_float_array(xp, x, "x", ndim=4, layout="(N, C, H, W)")
+    check_float_array(xp, w, "w", ndim=4, layout="(F, C, HH, WW)")
+    check_float_array(xp, b, "b", ndim=1, layout="(F,)")
     check_same_dtype("x", x, "w", w)
     check_same_dtype("x", x, "b", b)
     N, C, H, W = x.shape
@@ -287,9 +263,9 @@ def _check_conv(xp, x, w, b, conv_param):
                          f"got w of shape {tuple(w.shape)}")
     if tuple(b.shape) != (F,):
         raise ValueError(f"b: expected shape ({F},) (one bias per filter of w), got {tuple(b.shape)}")
-    stride = _int_param(conv_param, "stride", 1, 1)
-    pad = _int_param(conv_param, "pad", 0, 0)
-    max_bytes = _int_param(conv_param, "max_col_bytes", MAX_COL_BYTES, 1)
+    stride = check_int(conv_param.get("stride", 1), "conv_param['stride']", minimum=1)
+    pad = check_int(conv_param.get("pad", 0), "conv_param['pad']", minimum=0)
+    max_bytes = check_int(conv_param.get("max_col_bytes", MAX_COL_BYTES), "conv_param['max_col_bytes']", minimum=1)
     if HH < 1 or WW < 1 or F < 1:
         raise ValueError(f"w: expected a non-empty filter bank, got shape {tuple(w.shape)}")
     if HH > H + 2 * pad or WW > W + 2 * pad:

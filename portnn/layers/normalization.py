@@ -23,7 +23,7 @@ import math
 import array_api_compat as aac
 
 from ..backends import namespace
-from .._checks import check_float_array, check_float_in, check_same_dtype
+from .._checks import check_float_array, check_float_in, check_int, check_same_dtype
 
 # --------------------------------------------------------------------------- core
 
@@ -226,8 +226,9 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     xp = namespace(x, gamma, beta)
     check_float_array(xp, x, "x", ndim=4)
     n, c, h, w = x.shape
-    if isinstance(G, bool) or not isinstance(G, int) or G < 1 or c % G:
-        raise ValueError(f"G: expected a positive integer dividing C={c}, got {G!r}")
+    G = check_int(G, "G", minimum=1, expected=f"a positive integer dividing C={c}")
+    if c % G:
+        raise ValueError(f"G: expected a positive integer dividing C={c}, got {G}")
     _check_params(xp, x, gamma, beta, (1, c, 1, 1), "one per channel")
     eps = _eps(gn_param or {})
     xg = xp.reshape(x, (n, G, (c // G) * h * w))

@@ -18,9 +18,7 @@ windows (3x3 stride 2) add into the phase buffer.
 
 from __future__ import annotations
 
-import operator
-
-from .._checks import check_positive_int, is_float_dtype, _dtype_str
+from .._checks import check_float_array, check_int, dtype_str
 from .._xp import conv_output_size, window_max, window_max_grad
 from ..backends import namespace
 
@@ -63,18 +61,13 @@ def max_pool_backward(dout, cache):
         raise ValueError(f"dout: expected shape {tuple(arg.shape)} (the forward's output), "
                          f"got {tuple(dout.shape)}")
     if dout.dtype != dtype:
-        raise TypeError(f"dout: expected dtype {_dtype_str(dtype)} (the dtype of x), "
-                        f"got {_dtype_str(dout.dtype)}")
+        raise TypeError(f"dout: expected dtype {dtype_str(dtype)} (the dtype of x), "
+                        f"got {dtype_str(dout.dtype)}")
     return window_max_grad(dout, arg, ph, pw, stride, shape[2], shape[3])
 
 
 def _check_pool(xp, x, pool_param):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"x: expected an array, got {type(x).__name__}")
-    if not is_float_dtype(xp, x.dtype):
-        raise TypeError(f"x: expected a float32 or float64 array, got dtype {_dtype_str(x.dtype)}")
-    if x.ndim != 4:
-        raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x.shape)}")
+    check_float_array(xp, x, "x", ndim=4, layout="(N, C, H, W)")
     if not isinstance(pool_param, dict):
         raise TypeError(f"pool_param: expected a dict with 'pool_height', 'pool_width', 'stride', "
                         f"got {type(pool_param).__name__}")
@@ -83,14 +76,7 @@ def _check_pool(xp, x, pool_param):
         name = f"pool_param['{key}']"
         if key not in pool_param:
             raise ValueError(f"{name}: missing; expected an integer >= 1")
-        v = pool_param[key]
-        if isinstance(v, bool):
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name}: expected an integer >= 1, got {v!r}") from None
-        vals.append(check_positive_int(v, name, 1))
+        vals.append(check_int(pool_param[key], name, minimum=1))
     ph, pw, stride = vals
     H, W = x.shape[2], x.shape[3]
     if ph > H or pw > W:

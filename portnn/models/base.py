@@ -7,9 +7,9 @@ import inspect
 import math
 
 from .. import random as prandom
-from ..backends import dtype_name, get_backend
-from .._checks import _dtype_str, check_float_in, check_labels
-from ..data.batches import predict_labels, to_host
+from ..backends import get_backend
+from .._checks import check_float_in, check_labels, dtype_str, float_dtype_name, to_host
+from ..data.batches import predict_labels
 
 
 class Model:
@@ -40,7 +40,7 @@ class Model:
         out = {}
         for k, v in self._init_args.items():
             if k == "dtype":
-                v = dtype_name(v)
+                v = float_dtype_name(v)
             elif isinstance(v, tuple):
                 v = list(v)
             elif k == "hidden_dims":
@@ -90,7 +90,7 @@ class Model:
         self.backend.check_array(X, "X")
         if X.dtype != self.dtype:
             raise TypeError(
-                f"X: expected dtype {_dtype_str(self.dtype)} (the model's dtype), got {_dtype_str(X.dtype)}"
+                f"X: expected dtype {dtype_str(self.dtype)} (the model's dtype), got {dtype_str(X.dtype)}"
             )
         # Dense models accept any (N, d1, ..., dk) with d1*...*dk = D (it is flattened);
         # image models need the exact (N, C, H, W).
