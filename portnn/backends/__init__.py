@@ -158,26 +158,32 @@ def namespace(*arrays):
     return xp
 
 
+def _is_strict_array(x) -> bool:
+    # array-api-compat has no is_array_api_strict_array; the namespace says it.
+    try:
+        return aac.is_array_api_strict_namespace(aac.array_namespace(x))
+    except TypeError:  # not an array at all
+        return False
+
+
+# Which library owns an array, in array-api-compat's own words (no guessing from
+# module names); the first match wins.
+_LIBRARY_OF = (
+    ("numpy", aac.is_numpy_array),
+    ("torch", aac.is_torch_array),
+    ("cupy", aac.is_cupy_array),
+    ("array_api_strict", _is_strict_array),
+)
+
+
 def backend_of(x) -> Backend:
     """The Backend (library + device) that owns array ``x``."""
-    for cand in _candidate_names(x):
-        try:
-            be = get_backend(cand)
-        except BackendError:
-            continue
-        if be.is_array(x):
+    for name, is_array in _LIBRARY_OF:
+        if is_array(x):
+            be = get_backend(name)
             dev = aac.device(x)
-            if dev == be.device:
-                return be
-            return _with_device(be, dev)
+            return be if dev == be.device else _with_device(be, dev)
     raise TypeError(f"not an array of a known backend: {type(x).__module__}.{type(x).__name__}")
-
-
-def _candidate_names(x):
-    mod = type(x).__module__.split(".")[0]
-    guess = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "array_api_strict": "array_api_strict"}
-    first = guess.get(mod)
-    return ([first] if first else []) + [n for n in BACKEND_NAMES if n != first]
 
 
 def _with_device(be: Backend, dev) -> Backend:
