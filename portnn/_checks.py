@@ -25,6 +25,9 @@ import operator
 
 import numpy as np
 
+from .backends import backend_of, namespace
+from .backends._base import dtype_str, float_dtype_name, host_dtype
+
 __all__ = [
     "check_int", "check_positive_int", "check_float_in", "check_bool",
     "check_float_array", "check_same_dtype", "check_shape", "check_array_beside",
@@ -89,51 +92,8 @@ def check_bool(value, name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- dtypes
-
-
-def dtype_str(dtype) -> str:
-    """The plain name of any library's dtype, for messages and host conversion:
-    'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
-    if isinstance(dtype, str):
-        return dtype
-    try:
-        return np.dtype(dtype).name  # NumPy / CuPy dtypes and scalar types
-    except TypeError:
-        pass
-    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
-    return str(name).rsplit(".", 1)[-1]
-
-
-_FLOAT_NAMES = ("float32", "float64")
-
-
-def float_dtype_name(dtype) -> str:
-    """Any spelling of a float dtype -> "float32" / "float64" (ValueError otherwise).
-
-    Accepts "float32", np.float32, np.dtype("float32"), torch.float32,
-    array_api_strict.float32, cupy.float32 ...
-    """
-    try:
-        name = dtype_str(dtype)
-    except Exception:
-        name = None
-    if name not in _FLOAT_NAMES:
-        raise ValueError(
-            f"dtype: expected one of {_FLOAT_NAMES} (as a string, a NumPy dtype or the "
-            f"backend's own dtype object), got {dtype!r}"
-        )
-    return name
-
-
-_HOST_NAMES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
-
-
-def host_dtype(dtype) -> np.dtype:
-    """The NumPy dtype that holds arrays of a backend ``dtype`` on the host."""
-    name = dtype_str(dtype)
-    if name not in _HOST_NAMES:
-        raise TypeError(f"unsupported dtype {dtype!r}")
-    return np.dtype(name)
+# dtype_str, float_dtype_name and host_dtype live with the backends (the only place that
+# knows each library's dtype spellings) and are re-exported here.
 
 
 def is_float_dtype(xp, dtype) -> bool:
@@ -181,8 +141,6 @@ def check_shape(x, name: str, expected: tuple):
 
 def check_array_beside(ref, a, name: str, expected: str = "an array"):
     """``a`` must be an array of ``ref``'s backend and device; errors start with ``name``."""
-    from .backends import namespace
-
     if not _is_array(a):
         raise TypeError(f"{name}: expected {expected}, got {type(a).__name__}")
     try:
@@ -241,8 +199,6 @@ def to_host(a, name: str, copy: bool = False) -> np.ndarray:
     if isinstance(a, (np.generic, int, float, bool)):
         return np.array(a)
     if _is_array(a):
-        from .backends import backend_of
-
         host = backend_of(a).to_numpy(a)
         return np.array(host, copy=True) if copy else host
     try:

@@ -19,7 +19,7 @@ import threading
 import array_api_compat as aac
 import numpy as np
 
-from ._base import Backend, BackendError, dtype_name
+from ._base import Backend, BackendError, dtype_str, float_dtype_name
 from . import numpy_backend, strict_backend, torch_backend, cupy_backend
 
 __all__ = [
@@ -31,7 +31,8 @@ __all__ = [
     "available_backends",
     "namespace",
     "backend_of",
-    "dtype_name",
+    "dtype_str",
+    "float_dtype_name",
 ]
 
 _MODULES = {

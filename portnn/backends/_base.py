@@ -10,11 +10,54 @@ from __future__ import annotations
 import numpy as np
 import array_api_compat as aac
 
-from .._checks import float_dtype_name as dtype_name, host_dtype
-
 
 class BackendError(RuntimeError):
     """A backend was asked for that is unknown, not installed or has no device."""
+
+
+def dtype_str(dtype) -> str:
+    """The plain name of any library's dtype, for messages and host conversion:
+    'float32' for np.float32, np.dtype('float32'), torch.float32, strict's float32."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name  # NumPy / CuPy dtypes and scalar types
+    except TypeError:
+        pass
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+    return str(name).rsplit(".", 1)[-1]
+
+
+_FLOAT_NAMES = ("float32", "float64")
+
+
+def float_dtype_name(dtype) -> str:
+    """Any spelling of a float dtype -> "float32" / "float64" (ValueError otherwise).
+
+    Accepts "float32", np.float32, np.dtype("float32"), torch.float32,
+    array_api_strict.float32, cupy.float32 ...
+    """
+    try:
+        name = dtype_str(dtype)
+    except Exception:
+        name = None
+    if name not in _FLOAT_NAMES:
+        raise ValueError(
+            f"dtype: expected one of {_FLOAT_NAMES} (as a string, a NumPy dtype or the "
+            f"backend's own dtype object), got {dtype!r}"
+        )
+    return name
+
+
+_HOST_NAMES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def host_dtype(dtype) -> np.dtype:
+    """The NumPy dtype that holds arrays of a backend ``dtype`` on the host."""
+    name = dtype_str(dtype)
+    if name not in _HOST_NAMES:
+        raise TypeError(f"unsupported dtype {dtype!r}")
+    return np.dtype(name)
 
 
 class Backend:
@@ -37,7 +80,7 @@ class Backend:
     # -- dtypes -------------------------------------------------------------
     def dtype(self, dtype="float32"):
         """The backend's dtype object for any accepted spelling of float32/float64."""
-        return getattr(self.xp, dtype_name(dtype))
+        return getattr(self.xp, float_dtype_name(dtype))
 
     # -- host <-> device ----------------------------------------------------
     def asarray(self, obj, dtype=None):
