@@ -69,8 +69,12 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return check_int(value, name, minimum=minimum)
 
 
-def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
-    """A finite real number in the interval [lo, hi] (ends open as requested), as a Python float."""
+def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_open=False,
+                   expected: str | None = None) -> float:
+    """A finite real number in the interval [lo, hi] (ends open as requested), as a Python float.
+
+    ``expected`` overrides the phrase in the range message ("a value in [lo, hi]").
+    """
     if isinstance(value, (bool, np.bool_, str, bytes)) or hasattr(value, "shape") and not np.isscalar(value):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
@@ -79,8 +83,9 @@ def check_float_in(value, name: str, lo: float, hi: float, lo_open=False, hi_ope
         raise TypeError(f"{name}: expected a real number, got {value!r}") from None
     ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi) and math.isfinite(v)
     if not ok:
-        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
-        raise ValueError(f"{name}: expected a value in {interval}, got {value!r}")
+        if expected is None:
+            expected = "a value in " + ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return v
 
 

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_array_beside, dtype_str, to_host
+from ._checks import check_array_beside, check_float_array, dtype_str, to_host
 from .backends import backend_of
 
 __all__ = [
@@ -65,9 +65,7 @@ def _float_array_backend(x, name: str):
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{name}: expected an array, got {type(x).__module__}.{type(x).__name__}")
     be = backend_of(x)
-    xp = be.xp
-    if x.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
+    check_float_array(be.xp, x, name)
     return be
 
 

@@ -39,7 +39,7 @@ import math
 
 import array_api_compat as aac
 
-from ._checks import check_array_beside, check_int, check_same_dtype, check_shape, is_float_dtype, dtype_str as _dtype_str
+from ._checks import check_array_beside, check_float_array, check_float_in, check_int, check_same_dtype, check_shape, dtype_str
 from .backends import namespace
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "get_update_rule"]
@@ -57,8 +57,7 @@ def _check_params(w, dw):
         xp = namespace(w, dw)  # TypeError for two libraries, ValueError for two devices
     except (TypeError, ValueError) as e:
         raise type(e)(f"dw: expected an array of w's backend and device; {e}") from None
-    if not is_float_dtype(xp, w.dtype):
-        raise TypeError(f"w: expected a float32 or float64 array, got dtype {_dtype_str(w.dtype)}")
+    check_float_array(xp, w, "w")
     check_same_dtype("w", w, "dw", dw)
     check_shape(dw, "dw", tuple(w.shape))
     return xp
@@ -72,38 +71,21 @@ def _check_config(config):
     return config
 
 
-def _real(config, key, default):
-    value = config.get(key, default)
-    if isinstance(value, bool):
-        raise TypeError(f"config[{key!r}]: expected a real number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"config[{key!r}]: expected a real number, got {value!r}") from None
+def _real(config, key, default, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False, expected=None):
+    return check_float_in(config.get(key, default), f"config[{key!r}]", lo, hi, lo_open, hi_open, expected)
 
 
 def _learning_rate(config, default):
-    v = _real(config, "learning_rate", default)
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(
-            f"config['learning_rate']: expected a finite number >= 0, got {config.get('learning_rate')!r}"
-        )
-    return v
+    return _real(config, "learning_rate", default, lo=0.0, expected="a finite number >= 0")
 
 
 def _unit_interval(config, key, default):
     """A decay-like coefficient in [0, 1)."""
-    v = _real(config, key, default)
-    if not (0.0 <= v < 1.0):
-        raise ValueError(f"config[{key!r}]: expected a value in [0, 1), got {config.get(key)!r}")
-    return v
+    return _real(config, key, default, lo=0.0, hi=1.0, hi_open=True, expected="a value in [0, 1)")
 
 
 def _epsilon(config, default):
-    v = _real(config, "epsilon", default)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"config['epsilon']: expected a finite number > 0, got {config.get('epsilon')!r}")
-    return v
+    return _real(config, "epsilon", default, lo=0.0, lo_open=True, expected="a finite number > 0")
 
 
 def _step_count(config):
@@ -119,7 +101,7 @@ def _state(xp, config, key, w):
     check_array_beside(w, s, f"config[{key!r}]", "an array of w's shape or None")
     if s.dtype != w.dtype:
         raise TypeError(
-            f"config[{key!r}]: expected dtype {_dtype_str(w.dtype)} (the dtype of w), got {_dtype_str(s.dtype)}"
+            f"config[{key!r}]: expected dtype {dtype_str(w.dtype)} (the dtype of w), got {dtype_str(s.dtype)}"
         )
     check_shape(s, f"config[{key!r}]", tuple(w.shape))
     return s

@@ -1,5 +1,5 @@
 """A tiny run of the benchmark harness: structure of the JSON and the rendered
-report only. No timing is asserted (speed lives in benchmarks/, see DESIGN.md),
+report only. No timing is asserted (speed lives in benchmarks/, see docs/design.md, "Tests"),
 and the thread counts are left as they are (--threads 0)."""
 
 import json

@@ -133,26 +133,27 @@ def test_digits_data_file_and_attribution_are_packaged():
 
 
 @pytest.mark.parametrize(
-    "kwargs,needle",
+    "kwargs,exc,needle",
     [
-        (dict(num_val=-1), "num_val"),
-        (dict(num_val=2.5), "num_val"),
-        (dict(num_val="300"), "num_val"),
-        (dict(num_val=True), "num_val"),
-        (dict(num_test=-5), "num_test"),
-        (dict(num_val=1000, num_test=797), "num_val + num_test: expected at most 1796"),
-        (dict(seed=None), "seed"),
-        (dict(seed=-1), "seed"),
-        (dict(dtype="int32"), "dtype"),
-        (dict(dtype="float16"), "dtype"),
-        (dict(dtype=None), "dtype"),
-        (dict(dtype="nonsense"), "dtype"),
-        (dict(flatten="yes"), "flatten"),
-        (dict(normalize=1), "normalize"),
+        (dict(num_val=-1), ValueError, "num_val"),
+        (dict(num_val=2.5), TypeError, "num_val"),
+        (dict(num_val="300"), TypeError, "num_val"),
+        (dict(num_val=True), TypeError, "num_val"),
+        (dict(num_test=-5), ValueError, "num_test"),
+        (dict(num_val=1000, num_test=797), ValueError, "num_val + num_test: expected at most 1796"),
+        (dict(seed=None), TypeError, "seed"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(dtype="int32"), ValueError, "dtype"),
+        (dict(dtype="float16"), ValueError, "dtype"),
+        (dict(dtype=None), ValueError, "dtype"),
+        (dict(dtype="nonsense"), ValueError, "dtype"),
+        (dict(flatten="yes"), TypeError, "flatten"),
+        (dict(normalize=1), TypeError, "normalize"),
     ],
 )
-def test_digits_bad_arguments(kwargs, needle):
-    with pytest.raises(ValueError, match="expected") as e:
+def test_digits_bad_arguments(kwargs, exc, needle):
+    # Wrong kind (a float, a string, a bool for a count) is a TypeError, a wrong value a ValueError.
+    with pytest.raises(exc, match="expected") as e:
         load_digits(**kwargs)
     assert needle in str(e.value)
     assert "got" in str(e.value)
@@ -486,13 +487,13 @@ def test_cifar_points_at_the_extracted_subfolder(tmp_path):
     "kwargs,exc,needle",
     [
         (dict(num_training=-1), ValueError, "num_training"),
-        (dict(num_training="10"), ValueError, "num_training"),
-        (dict(num_validation=1.0), ValueError, "num_validation"),
-        (dict(num_test=False), ValueError, "num_test"),
+        (dict(num_training="10"), TypeError, "num_training"),
+        (dict(num_validation=1.0), TypeError, "num_validation"),
+        (dict(num_test=False), TypeError, "num_test"),
         (dict(num_training=0), ValueError, "num_training: expected at least 1 when subtract_mean=True"),
-        (dict(subtract_mean="yes"), ValueError, "subtract_mean"),
+        (dict(subtract_mean="yes"), TypeError, "subtract_mean"),
         (dict(dtype="uint8"), ValueError, "dtype"),
-        (dict(channels_first=None), ValueError, "channels_first"),
+        (dict(channels_first=None), TypeError, "channels_first"),
     ],
 )
 def test_cifar_bad_arguments(tmp_path, kwargs, exc, needle):

@@ -38,7 +38,7 @@ def float_dtype_name(dtype) -> str:
     array_api_strict.float32, cupy.float32 ...
     """
     try:
-        name = dtype_str(dtype)
+        name = None if dtype is None else dtype_str(dtype)  # np.dtype(None) would be float64
     except Exception:
         name = None
     if name not in _FLOAT_NAMES:

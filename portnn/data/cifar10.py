@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from .digits import _check_bool, _check_count, _check_float_dtype
+from .._checks import check_bool, check_int, float_dtype_name
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -319,12 +319,12 @@ def load_cifar10(path, num_training=49000, num_validation=1000, num_test=1000,
             refers to a global that a CIFAR-10 batch never needs; nothing in it was run.
         ValueError / TypeError: a bad argument (the message names it).
     """
-    num_training = _check_count(num_training, "num_training")
-    num_validation = _check_count(num_validation, "num_validation")
-    num_test = _check_count(num_test, "num_test")
-    subtract_mean = _check_bool(subtract_mean, "subtract_mean")
-    dt = _check_float_dtype(dtype)
-    channels_first = _check_bool(channels_first, "channels_first")
+    num_training = check_int(num_training, "num_training", minimum=0)
+    num_validation = check_int(num_validation, "num_validation", minimum=0)
+    num_test = check_int(num_test, "num_test", minimum=0)
+    subtract_mean = check_bool(subtract_mean, "subtract_mean")
+    dt = np.dtype(float_dtype_name(dtype))
+    channels_first = check_bool(channels_first, "channels_first")
     if subtract_mean and num_training < 1:
         raise ValueError(
             "num_training: expected at least 1 when subtract_mean=True (the mean image comes "

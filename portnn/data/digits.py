@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import gzip
-import numbers
 from importlib import resources
 
 import numpy as np
+
+from .._checks import check_bool, check_int, float_dtype_name
 
 NUM_IMAGES = 1797
 NUM_CLASSES = 10
@@ -21,7 +22,6 @@ IMAGE_SHAPE = (1, 8, 8)
 MAX_PIXEL = 16
 
 _FILE_NAME = "digits.csv.gz"
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,33 +53,6 @@ def _raw():
     pixels.setflags(write=False)
     labels.setflags(write=False)
     return pixels, labels
-
-
-def _check_count(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}: expected a non-negative int, got {value!r} ({type(value).__name__})")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
-    return int(value)
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
-    return bool(value)
-
-
-def _check_float_dtype(dtype, name="dtype"):
-    bad = ValueError(f'{name}: expected "float32" or "float64", got {dtype!r}')
-    if dtype is None:
-        raise bad
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise bad from None
-    if dt not in _FLOAT_DTYPES:
-        raise bad
-    return dt
 
 
 def _stratified_split(labels, num_val, num_test, seed):
@@ -138,17 +111,17 @@ def load_digits(num_val=300, num_test=300, seed=0, dtype="float32", flatten=True
 
     Raises ValueError naming the argument when an argument is out of range.
     """
-    num_val = _check_count(num_val, "num_val")
-    num_test = _check_count(num_test, "num_test")
+    num_val = check_int(num_val, "num_val", minimum=0)
+    num_test = check_int(num_test, "num_test", minimum=0)
     if num_val + num_test > NUM_IMAGES - 1:
         raise ValueError(
             f"num_val + num_test: expected at most {NUM_IMAGES - 1} so that at least one of the "
             f"{NUM_IMAGES} images is left for training, got {num_val} + {num_test} = {num_val + num_test}"
         )
-    seed = _check_count(seed, "seed")
-    dt = _check_float_dtype(dtype)
-    flatten = _check_bool(flatten, "flatten")
-    normalize = _check_bool(normalize, "normalize")
+    seed = check_int(seed, "seed", minimum=0)
+    dt = np.dtype(float_dtype_name(dtype))
+    flatten = check_bool(flatten, "flatten")
+    normalize = check_bool(normalize, "normalize")
 
     pixels, labels = _raw()
     idx = dict(zip(("train", "val", "test"), _stratified_split(labels, num_val, num_test, seed)))
