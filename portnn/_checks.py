@@ -20,6 +20,7 @@ Rules shared by every helper:
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 
@@ -31,7 +32,7 @@ from .backends._base import dtype_str, float_dtype_name, host_dtype
 __all__ = [
     "check_int", "check_positive_int", "check_float_in", "check_bool",
     "check_float_array", "check_same_dtype", "check_shape", "check_array_beside",
-    "check_labels", "check_labels_host", "is_float_dtype",
+    "check_labels", "check_labels_host", "is_float_dtype", "check_keys", "check_finite_host",
     "dtype_str", "float_dtype_name", "host_dtype", "to_host",
 ]
 
@@ -210,3 +211,37 @@ def to_host(a, name: str, copy: bool = False) -> np.ndarray:
         return np.array(a) if copy else np.asarray(a)
     except Exception as e:
         raise TypeError(f"{name}: expected an array, got {type(a).__name__}") from e
+
+
+# --------------------------------------------------------------------------- dicts and host data
+
+
+def check_keys(params, name: str, accepted) -> None:
+    """Every key of the dict ``params`` must be one of ``accepted``: an unknown key
+    (a typo such as 'lr' for 'learning_rate', or an option portnn does not have, such
+    as conv 'dilation') would otherwise be silently ignored. The message names the
+    key, suggests the nearest accepted one and lists them all."""
+    accepted = tuple(accepted)
+    for key in params:
+        if key in accepted:
+            continue
+        near = difflib.get_close_matches(str(key), [str(a) for a in accepted], n=1, cutoff=0.6)
+        if not near and key == "lr" and "learning_rate" in accepted:
+            near = ["learning_rate"]
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"{name}: unknown key {key!r}{hint} (accepted: {', '.join(map(repr, accepted))})")
+
+
+def check_finite_host(a: np.ndarray, name: str, rows: bool = False) -> None:
+    """Host data must hold no NaN or inf. ``rows=True`` names the first offending
+    rows (samples) instead of counting values."""
+    if a.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return
+    if rows and a.ndim >= 1:
+        idx = np.flatnonzero(bad.reshape(a.shape[0], -1).any(axis=1))
+        shown = ", ".join(str(i) for i in idx[:10]) + (", ..." if idx.size > 10 else "")
+        raise ValueError(f"{name}: {idx.size} of {a.shape[0]} rows hold NaN or inf (rows {shown})")
+    raise ValueError(f"{name}: holds {int(bad.sum())} non-finite values (NaN or inf) of {a.size}")

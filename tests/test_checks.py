@@ -101,3 +101,24 @@ def test_conv_takes_numpy_integers(backend):
         L.conv_forward(x, w, b, {"stride": True, "pad": 1})
     out, _ = L.max_pool_forward(x, {"pool_height": np.int64(2), "pool_width": np.int32(2), "stride": np.int64(2)})
     assert tuple(out.shape) == (2, 3, 2, 2)
+
+
+def test_check_keys_names_the_key_and_suggests():
+    from portnn._checks import check_keys
+
+    check_keys({"stride": 1, "pad": 0}, "conv_param", ("stride", "pad"))
+    with pytest.raises(ValueError, match=r"optim_config: unknown key 'lr'; did you mean 'learning_rate'\?"):
+        check_keys({"lr": 0.5}, "optim_config", ("learning_rate", "momentum"))
+    with pytest.raises(ValueError, match=r"conv_param: unknown key 'dilation' \(accepted: 'stride', 'pad'\)"):
+        check_keys({"stride": 1, "dilation": 2}, "conv_param", ("stride", "pad"))
+
+
+def test_check_finite_host_counts_and_names_rows():
+    from portnn._checks import check_finite_host
+
+    check_finite_host(np.ones((3, 2)), "X")
+    check_finite_host(np.arange(3), "y")  # integers are always finite
+    with pytest.raises(ValueError, match=r"X_val: holds 2 non-finite values \(NaN or inf\) of 6"):
+        check_finite_host(np.array([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]]), "X_val")
+    with pytest.raises(ValueError, match=r"X: 2 of 3 rows hold NaN or inf \(rows 0, 2\)"):
+        check_finite_host(np.array([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]]), "X", rows=True)
