@@ -89,7 +89,7 @@ def test_check_array_messages():
 def test_compute_path_imports_no_array_library():
     root = pathlib.Path(portnn.__file__).parent
     files = list((root / "layers").rglob("*.py")) + list((root / "models").rglob("*.py"))
-    files += [root / "layer_utils.py", root / "optim.py", root / "solver.py", root / "_xp.py"]
+    files += [root / "layer_utils.py", root / "optim.py", root / "solver.py", root / "_windows.py"]
     pattern = re.compile(r"^\s*(import|from)\s+(numpy|cupy|torch|array_api_strict)\b", re.M)
     offenders = [str(f) for f in files if pattern.search(f.read_text())]
     assert offenders == []

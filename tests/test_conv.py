@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from portnn.layers.conv import conv_backward, conv_forward
-from tests.helpers import numerical_gradient, assert_on_backend, rel_error
+from tests.helpers import assert_on_backend, numerical_gradient, rel_error
 
 # (x shape, w shape, stride, pad): 1x1, 3x3, 7x7, non-square kernels and inputs,
 # strides 1/2/3 (3 leaves a floor remainder), pads 0/1/3, kernel == padded input.
@@ -101,7 +101,7 @@ def test_matches_loop_oracle(backend, k):
     out, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
     assert out.shape == out_ref.shape and out.dtype == np.float64
     np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
-    for name, g, r in zip(("dx", "dw", "db"), grads, grads_ref):
+    for name, g, r in zip(("dx", "dw", "db"), grads, grads_ref, strict=True):
         assert g.shape == r.shape, name
         np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=name)
 
@@ -110,7 +110,7 @@ def test_matches_loop_oracle(backend, k):
 def test_numerical_gradient(backend, k):
     x, w, b, dout, _, _ = case(k)
     _, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
-    for name, g, num in zip(("dx", "dw", "db"), grads, numeric_grads(k)):
+    for name, g, num in zip(("dx", "dw", "db"), grads, numeric_grads(k), strict=True):
         assert rel_error(g, num) < 1e-7, (name, rel_error(g, num))
 
 
@@ -133,7 +133,7 @@ def test_float32_parity_and_dtype(backend):
     assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
     np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-4)
-    for g, r, r64 in zip(grads, grads_np, naive_conv_backward(dout, x, w, stride, pad)):
+    for g, r, r64 in zip(grads, grads_np, naive_conv_backward(dout, x, w, stride, pad), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(g, r64, rtol=1e-4, atol=1e-4)
 
@@ -155,25 +155,24 @@ def test_need_dx_false_skips_dx(backend):
 
 # -- the two gradient algorithms --------------------------------------------
 
-# Stride 1 with F <= C and pad < kernel: dx and dw from one im2col of dout
-# (correlation with the flipped filters; D @ x^T); otherwise x's columns and col2im.
-# Both are checked against the oracle on the shapes where the correlation applies,
-# with and without blocks.
+# conv_param['grad_algorithm']: "correlation" (stride 1, pad < kernel: dx and dw from
+# one im2col of dout, correlation with the flipped filters and D @ x^T) or "columns"
+# (x's columns and col2im). Both are checked against the oracle on the shapes where
+# the correlation applies, with and without blocks.
 CORR_CASES = [
     ((2, 4, 6, 5), (3, 4, 3, 3), 1),   # 'same' padding
     ((2, 4, 6, 5), (4, 4, 3, 3), 0),   # valid, F == C
     ((3, 5, 7, 6), (2, 5, 3, 2), 1),   # non-square kernel, pad 1 < 2
     ((2, 3, 8, 8), (3, 3, 5, 5), 4),   # pad = kernel - 1 (full correlation)
     ((2, 2, 4, 4), (1, 2, 1, 1), 0),   # 1x1
+    ((2, 2, 5, 5), (4, 2, 3, 3), 1),   # F > C: "auto" picks columns, "correlation" still exact
 ]
+ALGORITHMS = ["columns", "correlation"]
 
 
-@pytest.mark.parametrize("by_correlation", [True, False], ids=["correlation", "col2im"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("k", range(len(CORR_CASES)))
-def test_gradient_algorithms_match_oracle(backend, monkeypatch, k, by_correlation):
-    import portnn.layers.conv as conv_module
-
-    monkeypatch.setattr(conv_module, "BY_CORRELATION", by_correlation)
+def test_gradient_algorithms_match_oracle(backend, k, algorithm):
     xs, ws, pad = CORR_CASES[k]
     rng = np.random.default_rng(40 + k)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
@@ -182,7 +181,9 @@ def test_gradient_algorithms_match_oracle(backend, monkeypatch, k, by_correlatio
     dx_ref, dw_ref, db_ref = naive_conv_backward(dout, x, w, 1, pad)
     per_image = xs[1] * ws[2] * ws[3] * out_ref.shape[2] * out_ref.shape[3] * 8
     for max_bytes in (None, per_image):  # one block, or one image per block
-        param = {"stride": 1, "pad": pad} if max_bytes is None else {"stride": 1, "pad": pad, "max_col_bytes": max_bytes}
+        param = {"stride": 1, "pad": pad, "grad_algorithm": algorithm}
+        if max_bytes is not None:
+            param["max_col_bytes"] = max_bytes
         out, (dx, dw, db) = run(backend, x, w, b, dout, param)
         np.testing.assert_allclose(out, out_ref, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
@@ -190,16 +191,46 @@ def test_gradient_algorithms_match_oracle(backend, monkeypatch, k, by_correlatio
         np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("by_correlation", [True, False], ids=["correlation", "col2im"])
-def test_empty_batch_both_algorithms(backend, monkeypatch, by_correlation):
-    import portnn.layers.conv as conv_module
-
-    monkeypatch.setattr(conv_module, "BY_CORRELATION", by_correlation)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch_both_algorithms(backend, algorithm):
     rng = np.random.default_rng(7)
     x, w, b = np.zeros((0, 4, 6, 6)), rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(3)
-    out, (dx, dw, db) = run(backend, x, w, b, np.zeros((0, 3, 6, 6)), {"stride": 1, "pad": 1})
+    param = {"stride": 1, "pad": 1, "grad_algorithm": algorithm}
+    out, (dx, dw, db) = run(backend, x, w, b, np.zeros((0, 3, 6, 6)), param)
     assert out.shape == (0, 3, 6, 6) and dx.shape == (0, 4, 6, 6)
     assert dw.shape == (3, 4, 3, 3) and not dw.any() and db.shape == (3,) and not db.any()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_need_dx_false_with_either_algorithm(backend, algorithm):
+    """need_dx=False gives dw and db (from the columns path) whatever the forward chose."""
+    x, w, b, dout, _, grads_ref = case(0)  # stride 1, pad 1, F > C
+    param = {"stride": 1, "pad": 1, "grad_algorithm": algorithm}
+    for max_bytes in (None, 1):
+        if max_bytes is not None:
+            param["max_col_bytes"] = max_bytes
+        _, (dx, dw, db) = run(backend, x, w, b, dout, param, need_dx=False)
+        assert dx is None
+        np.testing.assert_allclose(dw, grads_ref[1], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,expected", [
+    ((2, 4, 6, 5), (3, 4, 3, 3), 1, 1, "correlation"),  # stride 1, F <= C, pad < kernel
+    ((2, 4, 6, 5), (4, 4, 3, 3), 1, 0, "correlation"),  # F == C
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 1, "columns"),      # F > C
+    ((2, 4, 7, 6), (3, 4, 3, 3), 2, 1, "columns"),      # stride 2
+    ((2, 4, 6, 6), (3, 4, 3, 3), 1, 3, "columns"),      # pad >= kernel
+])
+def test_auto_records_the_chosen_algorithm(backend, xs, ws, stride, pad, expected):
+    rng = np.random.default_rng(1)
+    x, w, b = (backend.asarray(rng.standard_normal(s), dtype="float64") for s in (xs, ws, ws[:1]))
+    for param in ({"stride": stride, "pad": pad}, {"stride": stride, "pad": pad, "grad_algorithm": "auto"}):
+        _, cache = conv_forward(x, w, b, param)
+        assert cache.grad_algorithm == expected
+        assert (cache.cols is None) == (expected == "correlation")
+    _, cache = conv_forward(x, w, b, {"stride": stride, "pad": pad, "grad_algorithm": "columns"})
+    assert cache.grad_algorithm == "columns" and cache.cols is not None
 
 
 # -- chunking over the batch ----------------------------------------------------
@@ -218,7 +249,7 @@ def test_chunked_equals_unchunked(backend, need_dx):
         out, grads = run(backend, x, w, b, dout, dict(base, max_col_bytes=max_bytes), need_dx=need_dx)
         # dw is a sum of per-chunk GEMMs (one big GEMM per pass, layout "CN"), so a
         # chunked run agrees with an unchunked one to rounding, not bitwise.
-        for a, r in zip((out, *grads), (out_ref, *grads_ref)):
+        for a, r in zip((out, *grads), (out_ref, *grads_ref), strict=True):
             if r is None:
                 assert a is None
             else:
@@ -258,7 +289,7 @@ def test_chunked_peak_memory_is_bounded():
     out_u, grads_u, fwd_u, bwd_u = peaks(param)
     assert fwd_u > col_bytes > 2 * bound
     np.testing.assert_allclose(out_c, out_u, rtol=1e-12, atol=1e-12)
-    for g, r in zip(grads_c, grads_u):
+    for g, r in zip(grads_c, grads_u, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
     print(f"working size {work / 2**20:.2f} MiB, columns {col_bytes / 2**20:.2f} MiB; chunked peak "
           f"fwd {fwd_c / 2**20:.2f} MiB, bwd {bwd_c / 2**20:.2f} MiB (bound {bound / 2**20:.2f}); "
@@ -287,6 +318,15 @@ def _bad_cases():
         "b-dtype-mismatch": (dict(b=((4,), dict(dtype="float32"))), TypeError, r"^b: expected dtype float64"),
         "max-col-bytes": (dict(param={"max_col_bytes": 0}), ValueError, r"conv_param\['max_col_bytes'\]"),
         "param-not-dict": (dict(param=[1, 1]), TypeError, r"^conv_param: expected a dict"),
+        "grad-algorithm-unknown": (dict(param={"grad_algorithm": "im2col"}), ValueError,
+                                   r"^conv_param\['grad_algorithm'\]: expected one of 'auto', 'columns', "
+                                   r"'correlation', got 'im2col'"),
+        "grad-algorithm-not-str": (dict(param={"grad_algorithm": 1}), ValueError,
+                                   r"^conv_param\['grad_algorithm'\]: expected one of"),
+        "correlation-stride-2": (dict(param={"stride": 2, "pad": 1, "grad_algorithm": "correlation"}),
+                                 ValueError, r"^conv_param\['grad_algorithm'\]: .*stride 2.*got 'correlation'"),
+        "correlation-pad-too-big": (dict(param={"stride": 1, "pad": 3, "grad_algorithm": "correlation"}),
+                                    ValueError, r"^conv_param\['grad_algorithm'\]: .*pad 3.*got 'correlation'"),
     }
     return ok, cases
 

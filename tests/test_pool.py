@@ -1,14 +1,14 @@
 """max_pool_forward / max_pool_backward on every backend: first-max loop oracle,
-numerical gradients, ties, the adjacent-window fast path, float32, errors."""
+numerical gradients, ties, adjacent (non-overlapping) windows, float32, errors."""
 
 import functools
 
 import numpy as np
 import pytest
 
-from portnn._xp import window_max, window_max_grad, window_max_grad_adjacent
+from portnn._windows import window_max, window_max_grad
 from portnn.layers.pool import max_pool_backward, max_pool_forward
-from tests.helpers import numerical_gradient, assert_on_backend, rel_error
+from tests.helpers import assert_on_backend, numerical_gradient, rel_error
 
 # (x shape, pool_height, pool_width, stride)
 CONFIGS = [
@@ -134,19 +134,22 @@ def test_ties_send_each_window_gradient_once(backend, ph, pw, s):
 
 @pytest.mark.parametrize("shape,k", [((2, 3, 8, 8), 2), ((2, 2, 7, 9), 2), ((1, 2, 10, 11), 3),
                                      ((1, 1, 4, 4), 4)])
-def test_adjacent_fast_path_equals_generic(backend, shape, k):
-    """The stride == window fast path gives the generic path's values (ties included)."""
+def test_adjacent_windows_match_first_max_oracle(backend, shape, k):
+    """window_max / window_max_grad on k x k windows with stride k (the non-overlapping
+    case, written straight into dx's strided view) equal the loop oracle, ties included."""
     rng = np.random.default_rng(13)
-    x = backend.asarray(relu_rounded(rng, shape, scale=1.0), dtype="float64")
+    x_host = relu_rounded(rng, shape, scale=1.0)
+    x = backend.asarray(x_host, dtype="float64")
     H, W = shape[2], shape[3]
     Ho, Wo = 1 + (H - k) // k, 1 + (W - k) // k
     out, arg = window_max(x, k, k, k, Ho, Wo)
-    dout = backend.asarray(rng.standard_normal((shape[0], shape[1], Ho, Wo)), dtype="float64")
-    fast = window_max_grad_adjacent(dout, arg, k, H, W)
-    slow = window_max_grad(dout, arg, k, k, k, H, W)
-    assert_on_backend(fast, backend)
-    assert_on_backend(slow, backend)
-    assert np.array_equal(backend.to_numpy(fast), backend.to_numpy(slow))
+    dout_host = rng.standard_normal((shape[0], shape[1], Ho, Wo))
+    dx = window_max_grad(backend.asarray(dout_host, dtype="float64"), arg, k, k, k, H, W)
+    assert_on_backend(out, backend)
+    assert_on_backend(dx, backend)
+    out_ref, dx_ref = naive_pool(x_host, k, k, k, dout_host)
+    assert np.array_equal(backend.to_numpy(out), out_ref)
+    assert np.array_equal(backend.to_numpy(dx), dx_ref)
 
 
 def test_float32_stays_float32_and_matches_numpy(backend):

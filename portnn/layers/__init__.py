@@ -6,7 +6,6 @@ from .conv import conv_backward, conv_forward
 from .dense import affine_backward, affine_forward, relu_backward, relu_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import softmax_loss, svm_loss
-from .pool import max_pool_backward, max_pool_forward
 from .normalization import (
     batchnorm_backward,
     batchnorm_backward_alt,
@@ -18,6 +17,7 @@ from .normalization import (
     spatial_groupnorm_backward,
     spatial_groupnorm_forward,
 )
+from .pool import max_pool_backward, max_pool_forward
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",

@@ -1,53 +1,57 @@
-"""Convolution layer: im2col + one matrix product per pass, written once in the Array API.
+"""Convolution layer (cross-correlation with zero padding, as torch's conv2d), written
+once in the Array API: im2col and one matrix product per pass.
 
-Layout ("CN"): the column matrix is (K, N*P) with K = HH*WW*C (kernel offset
-major, channel minor) and P = H'*W' (portnn._xp.im2col). Each pass is then ONE
-big GEMM with contiguous operands:
-  forward   out2 (F, N*P) = w2 (F, K) @ cols (K, N*P)
-  backward  dw2ᵀ (K, F)   = cols (K, N*P) @ d2ᵀ (N*P, F)
-            dcols (K, N*P) = w2ᵀ (K, F) @ d2 (F, N*P), then col2im by slice-adds;
-            for stride 1 with F <= C instead both gradients come from one im2col of
-            the padded dout: dx = flipped filters @ D, dw = D @ xᵀ
-            (_grads_by_correlation: a gather instead of adds, no recomputation).
-The output is returned as the (F, N) -> (N, F) transposed VIEW of out2 (no
-copy); the backward's ``permute_dims(dout, (1, 0, 2, 3))`` of a gradient that
-kept that layout (relu/pool backward preserve it) is free again.
+Contract
+  Layout ("CN"). x (N, C, H, W) is copied once into its channel-major, zero-padded
+  form x_padded_cm (C, N, H + 2*pad, W + 2*pad) (portnn._windows.pad_channel_major);
+  its columns are ONE matrix cols (K, N*P) with K = HH*WW*C (kernel offset major,
+  channel minor) and P = H'*W' (portnn._windows.im2col). With w_matrix (F, K), the
+  filters in the same row order:
+    forward   out2 (F, N*P) = w_matrix @ cols + b
+  The output is returned as the (F, N) -> (N, F) transposed VIEW of out2 (no copy);
+  relu and pool backward keep that layout, so the backward's transpose of dout is
+  free again.
 
-Why this layout (measured on the benchmark shapes, benchmarks/, 2 threads):
-the previous per-image layout (N, K, P) issued one small GEMM per image and
-pass (150 BLAS calls for a 50-image conv), and multi-threaded OpenBLAS pays a
-thread wake-up per call; one GEMM per pass was 1.3-2x faster end to end. dw is
-computed as (cols @ d2ᵀ)ᵀ because the other orientation, a (F, N*P) @ (N*P, K)
-product with a long reduction, hits a 100x OpenBLAS slow path on 2 threads.
+  Gradient algorithms. conv_forward decides once, from conv_param['grad_algorithm'],
+  and records the choice in the cache (ConvCache.grad_algorithm); conv_backward
+  dispatches on it:
+    "columns"      (_grads_by_columns; any stride and pad)
+                   dwᵀ (K, F) = cols @ d2ᵀ and dcols (K, N*P) = w_matrixᵀ @ d2,
+                   dcols scattered back by col2im_add (slice-adds per kernel offset).
+    "correlation"  (_grads_by_correlation; stride 1 and pad < HH, WW only)
+                   both gradients from ONE im2col D of dout zero-padded by
+                   (HH-1-pad, WW-1-pad): dx = flipped filters @ D, dw = D @ xᵀ with
+                   the kernel offsets flipped back. The forward keeps no columns.
+    "auto"         (default) "correlation" where it applies and F <= C (there D is
+                   no larger than x's columns), else "columns".
+  A backward with need_dx=False (dw and db only) always takes the columns path.
+  Both algorithms compute the same gradients and agree to rounding, not bitwise.
 
-Memory: the column buffer holds K*N*P elements. When that fits in
-``max_col_bytes`` (default 32 MiB) the whole batch is one block whose columns
-are kept for the backward. Otherwise the batch is processed in blocks of
-images whose columns fit in min(max_col_bytes, BLOCK_BYTES = 16 MiB), and the
-backward gathers each block's columns again instead of keeping them. The
-backward always works in such blocks (the column gradient too, and a kept
-column matrix is sliced per block). dw is then a sum of per-block products, so
-a blocked run agrees with a one-block run to rounding (not bitwise).
+  Memory. max_col_bytes (conv_param, default MAX_COL_BYTES = 32 MiB) and
+  BLOCK_BYTES (16 MiB) are tuning knobs, not invariants or hard limits. When the
+  whole batch's columns (K*N*P elements) fit in max_col_bytes they are built once
+  and, for "columns", kept for the backward. Otherwise the batch runs in balanced
+  blocks of images whose columns fit in min(max_col_bytes, BLOCK_BYTES) (at least
+  one image per block) and the backward gathers each block's columns again. The
+  backward always works in such blocks. dw is then a sum of per-block products,
+  so a blocked run agrees with a one-block run to rounding.
 
-Why recompute rather than keep (measured, benchmarks/): a buffer allocated
-fresh every step costs the kernel a page fault per 4 KiB page (zeroing it,
-and on these VMs more). glibc serves allocations above its mmap threshold
-(at most 32 MiB) with fresh pages every time, and returns a freed heap top
-above its trim threshold to the kernel; keeping 40 MB of columns (W3) faulted
-in 21-36 MiB per step, 20-30 ms of system time, while gathering them again
-costs ~5 ms. One block of at most 32 MiB in flight at a time is recycled by
-malloc from step to step (0 faults per step on W3, measured with getrusage).
+Why this layout, this GEMM orientation, these block sizes and recomputing columns
+rather than keeping them (measurements): docs/benchmarks.md, "Why the convolution
+looks the way it does".
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import array_api_compat as aac
 
 from .._checks import check_float_array, check_int, check_same_dtype
-from .._xp import col2im_add, conv_output_size, im2col, pad_channel_major
+from .._windows import col2im_add, conv_output_size, im2col, pad_channel_major
 from ..backends import namespace
 
-__all__ = ["conv_forward", "conv_backward", "MAX_COL_BYTES"]
+__all__ = ["conv_forward", "conv_backward", "ConvCache", "MAX_COL_BYTES", "GRAD_ALGORITHMS"]
 
 #: Default bound on the im2col columns of one block, kept for the backward when
 #: the whole batch fits in one block (32 MiB: glibc's largest mmap threshold).
@@ -56,9 +60,25 @@ MAX_COL_BYTES = 32 * 2**20
 #: Block size when the batch does not fit in one block (columns recomputed).
 BLOCK_BYTES = 16 * 2**20
 
-#: Gradients of stride-1 layers with F <= C from one gather of dout
-#: (_grads_by_correlation); the tests run both algorithms.
-BY_CORRELATION = True
+#: Values of conv_param['grad_algorithm'] (module docstring).
+GRAD_ALGORITHMS = ("auto", "columns", "correlation")
+
+
+class ConvCache(NamedTuple):
+    """What conv_backward needs from conv_forward (shapes as in conv_forward)."""
+
+    x: Any  # (N, C, H, W): the forward's input
+    x_padded_cm: Any  # (C, N, H + 2*pad, W + 2*pad): channel-major zero-padded x, im2col's source
+    w: Any  # (F, C, HH, WW): the filters
+    w_matrix: Any  # (F, HH*WW*C): the filters in im2col's row order
+    cols: Any  # (HH*WW*C, N*H'*W'): x's columns, kept; None when recomputed per block
+    stride: int
+    pad: int
+    out_h: int  # H'
+    out_w: int  # W'
+    images_per_block: int  # block size of the backward's column work
+    max_col_bytes: int  # the forward's memory bound, reused by the correlation path
+    grad_algorithm: str  # "columns" or "correlation" ("auto" already resolved)
 
 
 def conv_forward(x, w, b, conv_param=None):
@@ -71,23 +91,29 @@ def conv_forward(x, w, b, conv_param=None):
       conv_param : dict
         'stride' : int >= 1 (default 1)
         'pad'    : int >= 0, zeros added on every side of H and W (default 0)
-        'max_col_bytes' : int >= 1 (default MAX_COL_BYTES = 32 MiB). Memory bound
-            on the im2col columns (N*C*HH*WW*H'*W' * itemsize). Within it they are
-            built once and kept for the backward; above it the batch is processed
-            in blocks of images (at most 16 MiB of columns, at least one image)
-            and the backward gathers each block's columns again. Results agree
-            with an unbounded run to rounding.
+        'max_col_bytes' : int >= 1 (default MAX_COL_BYTES = 32 MiB). Tuning knob
+            bounding the im2col columns (N*C*HH*WW*H'*W' * itemsize). Within it they
+            are built once (and kept for a "columns" backward); above it the batch
+            is processed in blocks of images (at most 16 MiB of columns, at least
+            one image) and the backward gathers each block's columns again. Results
+            agree with an unbounded run to rounding.
+        'grad_algorithm' : "auto" (default), "columns" or "correlation" (else a
+            ValueError): how conv_backward computes dx and dw, decided here and
+            recorded in the cache. "columns": x's columns and col2im, any stride
+            and pad. "correlation": one im2col of dout; needs stride 1 and
+            pad < HH, WW (else a ValueError). "auto": "correlation" where it
+            applies and F <= C, else "columns". A backward with need_dx=False
+            always uses "columns". The two agree to rounding.
     Returns
       out   : (N, F, H', W'), x's dtype, H' = 1 + (H + 2*pad - HH) // stride
               (floor, like PyTorch), W' likewise
-      cache : for conv_backward
+      cache : ConvCache, for conv_backward
     """
     xp = namespace(x, w, b)
-    stride, pad, max_bytes = _check_conv(xp, x, w, b, conv_param)
+    stride, pad, max_bytes, algorithm = _check_conv(xp, x, w, b, conv_param)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     Ho, Wo = conv_output_size(H, HH, stride, pad), conv_output_size(W, WW, stride, pad)
-    geom = (stride, pad, Ho, Wo)
     # (F, C, HH, WW) -> (F, HH*WW*C): the column row order of im2col.
     w2 = xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (F, HH * WW * C))
     itemsize = xp.finfo(x.dtype).bits // 8
@@ -96,30 +122,24 @@ def conv_forward(x, w, b, conv_param=None):
     xt = pad_channel_major(x, pad)  # (C, N, Hp, Wp), kept: the backward gathers from it
 
     # Blocks of images whose columns fit in min(max_col_bytes, BLOCK_BYTES): the
-    # unit of every transient column buffer (module docstring: page faults).
+    # unit of every transient column buffer (module docstring, Memory).
     block = _chunk_images(N, per_image, min(max_bytes, BLOCK_BYTES))
     if N * per_image <= max_bytes:
         # The whole batch's columns fit: one GEMM, columns kept for the backward
-        # unless its input gradient will come from dout alone (_by_correlation).
+        # unless its gradients will come from dout alone ("correlation").
         cols = im2col(xt, HH, WW, stride, Ho, Wo)
         out2 = w2 @ cols
         out2 += bias
         out = xp.reshape(out2, (F, N, Ho, Wo))
-        if _by_correlation(stride, pad, w.shape, C):
+        if algorithm == "correlation":
             cols = None
     else:
-        # Blocks of images; the backward gathers each block's columns again
-        # (cheaper than faulting in fresh pages to keep them: module docstring).
+        # Blocks of images; the backward gathers each block's columns again.
         cols = None
-        out = xp.empty((F, N, Ho, Wo), dtype=x.dtype, device=aac.device(x))
-        for n0 in range(0, N, block):
-            n1 = min(N, n0 + block)
-            c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
-            o = w2 @ c
-            del c  # the next block's columns reuse this memory
-            o += bias
-            out[:, n0:n1, ...] = xp.reshape(o, (F, n1 - n0, Ho, Wo))
-    cache = (x, xt, w, w2, cols, geom, block, max_bytes)
+        out = _forward_by_blocks(xp, xt, w2, bias, block, HH, WW, stride, Ho, Wo)
+    cache = ConvCache(x=x, x_padded_cm=xt, w=w, w_matrix=w2, cols=cols, stride=stride, pad=pad,
+                      out_h=Ho, out_w=Wo, images_per_block=block, max_col_bytes=max_bytes,
+                      grad_algorithm=algorithm)
     return xp.permute_dims(out, (1, 0, 2, 3)), cache
 
 
@@ -128,29 +148,44 @@ def conv_backward(dout, cache, need_dx=True):
 
     Inputs
       dout  : (N, F, H', W'), the dtype of the forward's x
-      cache : from conv_forward
+      cache : ConvCache from conv_forward; its grad_algorithm picks the algorithm
       need_dx : internal; models pass False for their first layer, whose input
-                gradient nobody uses (it skips a GEMM and the col2im)
+                gradient nobody uses (it skips a GEMM and the col2im; dw then
+                always comes from the columns path)
     Returns
       dx : (N, C, H, W), or None when need_dx is False
       dw : (F, C, HH, WW)
       db : (F,)
     """
-    x, xt, w, w2, cols, (stride, pad, Ho, Wo), block, max_bytes = cache
+    x, w = cache.x, cache.w
     xp = namespace(dout, x)
-    N, C, H, W = x.shape
-    F, _, HH, WW = w.shape
-    if tuple(dout.shape) != (N, F, Ho, Wo):
-        raise ValueError(f"dout: expected shape {(N, F, Ho, Wo)} (the forward's output), "
+    N, F = x.shape[0], w.shape[0]
+    expected = (N, F, cache.out_h, cache.out_w)
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"dout: expected shape {expected} (the forward's output), "
                          f"got {tuple(dout.shape)}")
     check_same_dtype("x", x, "dout", dout)
+    if need_dx and cache.grad_algorithm == "correlation":
+        return _grads_by_correlation(xp, dout, cache)
+    return _grads_by_columns(xp, dout, cache, need_dx)
+
+
+# -- the two gradient algorithms -------------------------------------------------
+
+
+def _grads_by_columns(xp, dout, cache, need_dx):
+    """dx (None unless need_dx), dw and db from x's columns, block by block.
+
+    Per block of images: d2 (F, n*P) = dout's block, dwᵀ += cols @ d2ᵀ (K, F),
+    and, for dx, col2im_add of w_matrixᵀ @ d2 into the channel-major padded
+    gradient buffer (the adjoint of pad_channel_major), cropped at the end.
+    Kept columns are sliced per block; otherwise each block's are gathered again.
+    """
+    x, xt, w2, cols = cache.x, cache.x_padded_cm, cache.w_matrix, cache.cols
+    stride, pad, Ho, Wo, block = cache.stride, cache.pad, cache.out_h, cache.out_w, cache.images_per_block
+    N, C, H, W = x.shape
+    F, _, HH, WW = cache.w.shape
     P = Ho * Wo
-
-    if need_dx and _by_correlation(stride, pad, w.shape, C):
-        # Both gradients from ONE gather of dout (see _grads_by_correlation).
-        dx, dw = _grads_by_correlation(xp, dout, x, w, pad, max_bytes)
-        return dx, dw, xp.sum(dout, axis=(0, 2, 3))
-
     dt = xp.permute_dims(dout, (1, 0, 2, 3))  # (F, N, Ho, Wo); free if dout kept the forward's layout
     db = None
     dbuf = None
@@ -166,7 +201,8 @@ def conv_backward(dout, cache, need_dx=True):
             c = cols[:, n0 * P:n1 * P]
         else:
             c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
-        part = c @ d2.mT  # (K, F); see the module docstring for the orientation
+        # (K, F) orientation: the other one hits a slow BLAS path (docs/benchmarks.md).
+        part = c @ d2.mT
         del c  # a recomputed block is freed before the block's column gradient is allocated
         dw2t = part if dw2t is None else dw2t + part
         del part
@@ -184,17 +220,8 @@ def conv_backward(dout, cache, need_dx=True):
     return dx, dw, db
 
 
-# -- helpers -------------------------------------------------------------------
-
-
-def _by_correlation(stride, pad, wshape, channels) -> bool:
-    """Whether the backward (with dx) takes both gradients from dout's columns."""
-    F, _, HH, WW = wshape
-    return BY_CORRELATION and stride == 1 and F <= channels and pad < HH and pad < WW
-
-
-def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
-    """dx and dw of a stride-1 convolution from ONE im2col of the padded dout.
+def _grads_by_correlation(xp, dout, cache):
+    """dx, dw and db of a stride-1 convolution from ONE im2col of the padded dout.
 
     With doutp = dout zero-padded by HH-1-pad rows and WW-1-pad columns (>= 0:
     pad < HH, WW) and its columns D[(i*WW + j)*F + f, (n, y, z)] = doutp[f, n, y+i, z+j]
@@ -205,11 +232,11 @@ def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
                         (D @ x_cmᵀ, x channel-major, then the offsets flipped back).
     One gather (a copy) per block replaces col2im's slice-ADDS (a read-modify-write
     of the gradient buffer per kernel offset) AND the recomputation of x's columns
-    when they were not kept; both GEMMs run in their fast orientation. Used when
-    F <= C, where D is no larger than x's columns; for few input channels (an RGB
-    first layer, F >> C) the column path is the cheaper. Measured on W3 (64 -> 64
-    channels, 3x3): benchmarks/, docs/benchmarks.md.
+    when they were not kept; both GEMMs run in their fast orientation. "auto" uses
+    it when F <= C, where D is no larger than x's columns; for few input channels
+    (an RGB first layer, F >> C) the column path is the cheaper (docs/benchmarks.md).
     """
+    x, w, pad, max_bytes = cache.x, cache.w, cache.pad, cache.max_col_bytes
     N, F, Ho, Wo = dout.shape
     _, C, H, W = x.shape
     HH, WW = w.shape[2], w.shape[3]
@@ -232,7 +259,44 @@ def _grads_by_correlation(xp, dout, x, w, pad, max_bytes):
     if g is None:  # empty batch
         g = xp.zeros((HH * WW * F, C), dtype=dout.dtype, device=dev)
     dw = xp.permute_dims(xp.flip(xp.reshape(g, (HH, WW, F, C)), axis=(0, 1)), (2, 3, 0, 1))
-    return xp.permute_dims(dxt, (1, 0, 2, 3)), dw
+    return xp.permute_dims(dxt, (1, 0, 2, 3)), dw, xp.sum(dout, axis=(0, 2, 3))
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _forward_by_blocks(xp, xt, w2, bias, block, HH, WW, stride, Ho, Wo):
+    """out (F, N, Ho, Wo) = the forward GEMM, one block of ``block`` images at a time
+    (one block's columns in flight; the backward gathers them again)."""
+    F, N = w2.shape[0], xt.shape[1]
+    out = xp.empty((F, N, Ho, Wo), dtype=xt.dtype, device=aac.device(xt))
+    for n0 in range(0, N, block):
+        n1 = min(N, n0 + block)
+        c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
+        o = w2 @ c
+        del c  # the next block's columns reuse this memory
+        o += bias
+        out[:, n0:n1, ...] = xp.reshape(o, (F, n1 - n0, Ho, Wo))
+    return out
+
+
+def _grad_algorithm(conv_param, stride, pad, wshape, channels) -> str:
+    """conv_param['grad_algorithm'] checked and resolved: "columns" or "correlation"."""
+    name = "conv_param['grad_algorithm']"
+    value = conv_param.get("grad_algorithm", "auto")
+    if not isinstance(value, str) or value not in GRAD_ALGORITHMS:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, GRAD_ALGORITHMS))}, got {value!r}")
+    F, _, HH, WW = wshape
+    applies = stride == 1 and pad < HH and pad < WW
+    if value == "correlation" and not applies:
+        raise ValueError(
+            f"{name}: expected 'columns' or 'auto' for stride {stride}, pad {pad} and a "
+            f"{HH}x{WW} kernel ('correlation' needs stride 1 and pad < the kernel size), "
+            f"got 'correlation'"
+        )
+    if value == "auto":
+        return "correlation" if applies and F <= channels else "columns"
+    return value
 
 
 def _chunk_images(n: int, col_bytes_per_image: int, max_bytes: int) -> int:
@@ -273,4 +337,5 @@ def _check_conv(xp, x, w, b, conv_param):
             f"w: kernel {HH}x{WW} is larger than the padded input {H + 2 * pad}x{W + 2 * pad} "
             f"(x spatial size {H}x{W}, pad {pad})"
         )
-    return stride, pad, max_bytes
+    algorithm = _grad_algorithm(conv_param, stride, pad, w.shape, C)
+    return stride, pad, max_bytes, algorithm

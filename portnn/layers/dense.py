@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..backends import namespace
 from .._checks import check_float_array, check_same_dtype
+from ..backends import namespace
 
 
 def affine_forward(x, w, b):
@@ -70,5 +70,6 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """dx = dout where the forward input was > 0, else 0. Shapes as dout."""
     xp = namespace(dout, cache)
-    # Multiplying by a 0/1 mask is several times faster than xp.where here (NOTES §9).
+    # Multiplying by a 0/1 mask is several times faster than xp.where here
+    # (measurements: docs/benchmarks.md).
     return dout * xp.astype(cache > 0, dout.dtype)

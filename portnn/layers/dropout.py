@@ -5,8 +5,8 @@ from __future__ import annotations
 import array_api_compat as aac
 
 from .. import random as prandom
-from ..backends import namespace
 from .._checks import check_float_array, check_float_in
+from ..backends import namespace
 
 
 def dropout_forward(x, dropout_param):

@@ -8,9 +8,10 @@ once per report instead of once per step.
 
 from __future__ import annotations
 
-from ..backends import namespace
+import array_api_extra as xpx
+
 from .._checks import check_float_array, check_labels
-from .._xp import one_hot
+from ..backends import namespace
 
 
 def _check(x, y):
@@ -36,7 +37,7 @@ def softmax_loss_device(x, y):
     # torch's take_along_axis wants int64 indices.
     idx = xp.astype(y, xp.int64)[:, None]
     loss = -xp.sum(xp.take_along_axis(log_probs, idx, axis=1)) / n
-    dx = (xp.exp(log_probs) - one_hot(y, x.shape[1], x.dtype)) / n
+    dx = (xp.exp(log_probs) - xpx.one_hot(y, x.shape[1], dtype=x.dtype, xp=xp)) / n
     return loss, dx
 
 
@@ -48,7 +49,7 @@ def svm_loss_device(x, y):
     """
     xp = namespace(x, y)
     n = x.shape[0]
-    onehot = one_hot(y, x.shape[1], x.dtype)
+    onehot = xpx.one_hot(y, x.shape[1], dtype=x.dtype, xp=xp)
     correct = xp.sum(x * onehot, axis=1, keepdims=True)
     margins = xp.maximum(x - correct + 1.0, 0.0) * (1.0 - onehot)
     loss = xp.sum(margins) / n

@@ -1,12 +1,18 @@
 """Batch, layer, spatial-batch and group normalisation on ONE shared core.
 
 Every normaliser is the same two steps:
-  1. ``_normalize``: standardise x over some axes (the "statistics axes"):
-     xhat = (x - mean) / sqrt(var + eps), var biased (correction=0);
-  2. ``_scale_shift``: out = gamma * xhat + beta, gamma/beta broadcast over the
-     "parameter axes".
-The four layers only differ in which axes those are (and in a reshape for
-group norm), so the forward and backward maths exist once, below.
+  1. standardise x over some axes (the "statistics axes"):
+     xhat = (x - mean) / sqrt(var + eps), var biased (correction=0)
+     (``_normalize`` in train mode; batchnorm in test mode uses its running
+     statistics instead);
+  2. scale and shift: out = gamma * xhat + beta, gamma/beta broadcast over the
+     "parameter axes" (one line in each forward).
+The backward reverses them: ``_scale_shift_backward`` gives dxhat, dgamma and
+dbeta, and ``_normalize_backward`` turns dxhat into dx (the closed form, two
+reductions). Batchnorm's statistics axes ARE its parameter axes, so
+``_batchnorm_backward`` folds both into one expression that reuses dgamma and
+dbeta. The four layers only differ in which axes those are (and in a reshape
+for group norm), so the maths exist once, below.
 
 | layer              | x            | statistics over        | gamma/beta    |
 |--------------------|--------------|------------------------|---------------|
@@ -19,11 +25,43 @@ group norm), so the forward and backward maths exist once, below.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import array_api_compat as aac
 
-from ..backends import namespace
 from .._checks import check_float_array, check_float_in, check_int, check_same_dtype
+from ..backends import namespace
+
+# --------------------------------------------------------------------------- caches
+
+
+class BatchNormCache(NamedTuple):
+    """batchnorm / spatial batchnorm forward -> backward."""
+
+    mode: str  # "train" (batch statistics) or "test" (running statistics, constants)
+    xhat: Any  # x's shape: the standardised input
+    inv_std: Any  # broadcast shape (1, D) or (1, C, 1, 1): 1 / sqrt(var + eps)
+    gamma_b: Any  # gamma reshaped to the broadcast shape
+    stat_axes: tuple  # axes the statistics (and dgamma, dbeta) reduce over
+    param_shape: tuple  # gamma's own shape, that of dgamma and dbeta
+
+
+class LayerNormCache(NamedTuple):
+    """layernorm forward -> backward."""
+
+    xhat: Any  # (N, D): the standardised input
+    inv_std: Any  # (N, 1): per-sample 1 / sqrt(var + eps)
+    gamma_b: Any  # (1, D): gamma reshaped for broadcasting
+
+
+class GroupNormCache(NamedTuple):
+    """spatial groupnorm forward -> backward."""
+
+    xhat: Any  # (N, C, H, W): the standardised input
+    inv_std: Any  # (N, G, 1): per-sample, per-group 1 / sqrt(var + eps)
+    gamma: Any  # (1, C, 1, 1)
+    groups: int  # G
+
 
 # --------------------------------------------------------------------------- core
 
@@ -115,15 +153,16 @@ def _batchnorm_forward(x, gamma, beta, bn_param, stat_axes, bshape):
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
     out = gamma_b * xhat + beta_b
-    return out, (mode, xhat, inv_std, gamma_b, stat_axes, gamma.shape)
+    return out, BatchNormCache(mode=mode, xhat=xhat, inv_std=inv_std, gamma_b=gamma_b,
+                               stat_axes=stat_axes, param_shape=tuple(gamma.shape))
 
 
 def _batchnorm_backward(dout, cache):
-    mode, xhat, inv_std, gamma_b, stat_axes, pshape = cache
+    xhat, inv_std, gamma_b, stat_axes = cache.xhat, cache.inv_std, cache.gamma_b, cache.stat_axes
     xp = namespace(dout, xhat)
     dgamma = xp.sum(dout * xhat, axis=stat_axes, keepdims=True)
     dbeta = xp.sum(dout, axis=stat_axes, keepdims=True)
-    if mode == "train":
+    if cache.mode == "train":
         # _normalize_backward with dxhat = gamma * dout, folded: in batch norm the
         # statistics axes ARE the parameter axes, so its two reductions are
         # gamma * dbeta / m and gamma * dgamma / m, already computed above. Four
@@ -132,7 +171,7 @@ def _batchnorm_backward(dout, cache):
         dx = (gamma_b * inv_std) * (dout - dbeta * (1.0 / m) - xhat * (dgamma * (1.0 / m)))
     else:  # statistics are constants in test mode
         dx = dout * (gamma_b * inv_std)
-    return dx, xp.reshape(dgamma, pshape), xp.reshape(dbeta, pshape)
+    return dx, xp.reshape(dgamma, cache.param_shape), xp.reshape(dbeta, cache.param_shape)
 
 
 def batchnorm_forward(x, gamma, beta, bn_param):
@@ -162,7 +201,7 @@ def batchnorm_backward(dout, cache):
 
 
 # The course API has a "graph" backward and a simplified "alt" one. portnn keeps
-# one implementation (DESIGN rule 2); both names compute the same closed form.
+# one implementation (docs/design.md, rule 2); both names compute the same closed form.
 batchnorm_backward_alt = batchnorm_backward
 
 
@@ -200,15 +239,15 @@ def layernorm_forward(x, gamma, beta, ln_param):
     xhat, _, _, inv_std = _normalize(xp, x, (1,), eps)
     gamma_b = xp.reshape(gamma, (1, -1))
     out = gamma_b * xhat + xp.reshape(beta, (1, -1))
-    return out, (xhat, inv_std, gamma_b)
+    return out, LayerNormCache(xhat=xhat, inv_std=inv_std, gamma_b=gamma_b)
 
 
 def layernorm_backward(dout, cache):
     """dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,)."""
-    xhat, inv_std, gamma_b = cache
+    xhat = cache.xhat
     xp = namespace(dout, xhat)
-    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, gamma_b, (0,))
-    dx = _normalize_backward(xp, dxhat, xhat, inv_std, (1,))
+    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, cache.gamma_b, (0,))
+    dx = _normalize_backward(xp, dxhat, xhat, cache.inv_std, (1,))
     return dx, xp.reshape(dgamma, (-1,)), xp.reshape(dbeta, (-1,))
 
 
@@ -235,17 +274,17 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     xhat_g, _, _, inv_std = _normalize(xp, xg, (2,), eps)
     xhat = xp.reshape(xhat_g, x.shape)
     out = gamma * xhat + beta
-    return out, (xhat, inv_std, gamma, G)
+    return out, GroupNormCache(xhat=xhat, inv_std=inv_std, gamma=gamma, groups=G)
 
 
 def spatial_groupnorm_backward(dout, cache):
     """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (1, C, 1, 1), dbeta (1, C, 1, 1)."""
-    xhat, inv_std, gamma, G = cache
+    xhat = cache.xhat
     xp = namespace(dout, xhat)
     n = dout.shape[0]
-    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, gamma, (0, 2, 3))
-    grouped = (n, G, -1)
+    dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, cache.gamma, (0, 2, 3))
+    grouped = (n, cache.groups, -1)
     dx_g = _normalize_backward(
-        xp, xp.reshape(dxhat, grouped), xp.reshape(xhat, grouped), inv_std, (2,)
+        xp, xp.reshape(dxhat, grouped), xp.reshape(xhat, grouped), cache.inv_std, (2,)
     )
     return xp.reshape(dx_g, dout.shape), dgamma, dbeta

@@ -7,22 +7,35 @@ the classic loop implementation do. An equality mask (``x == max``) would
 instead duplicate the gradient over tied elements, which are common after a
 ReLU.
 
-Both passes read/write the input through a "phase split" (see portnn._xp): the
-stride x stride sub-images x[:, :, a::s, b::s] are copied once into one buffer,
-where every window offset is a row-contiguous block instead of a stride-s view,
-so each elementwise pass runs on unit-stride data. For windows that tile the
-input (2x2 stride 2) this is the reshape-to-(N, C, H/2, 2, W/2, 2) trick and the
-backward writes each offset's gradient once, without accumulation; overlapping
-windows (3x3 stride 2) add into the phase buffer.
+Both passes read/write the input through a "phase split" (portnn._windows):
+the stride x stride sub-images x[:, :, a::s, b::s] are copied once into one
+buffer, where every window offset is a row-contiguous block instead of a
+stride-s view, so each elementwise pass runs on unit-stride data. For windows
+that tile the input (2x2 stride 2) this is the reshape-to-(N, C, H/2, 2, W/2, 2)
+trick and the backward writes each offset's gradient once, without
+accumulation; overlapping windows (3x3 stride 2) add into the phase buffer.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from .._checks import check_float_array, check_int, dtype_str
-from .._xp import conv_output_size, window_max, window_max_grad
+from .._windows import conv_output_size, window_max, window_max_grad
 from ..backends import namespace
 
-__all__ = ["max_pool_forward", "max_pool_backward"]
+__all__ = ["max_pool_forward", "max_pool_backward", "MaxPoolCache"]
+
+
+class MaxPoolCache(NamedTuple):
+    """What max_pool_backward needs from max_pool_forward."""
+
+    x_shape: tuple  # (N, C, H, W) of the forward's input
+    dtype: Any  # the forward's dtype (dout must match)
+    argmax: Any  # (N, C, H', W') small integer: row-major offset of each window's first maximum
+    pool_height: int
+    pool_width: int
+    stride: int
 
 
 def max_pool_forward(x, pool_param):
@@ -34,15 +47,17 @@ def max_pool_forward(x, pool_param):
     Returns
       out   : (N, C, H', W'), x's dtype, H' = 1 + (H - pool_height) // stride,
               W' = 1 + (W - pool_width) // stride
-      cache : for max_pool_backward (x's shape, the window geometry and the
-              (N, C, H', W') small-integer offset of each window's first maximum)
+      cache : MaxPoolCache for max_pool_backward (x's shape and dtype, the window
+              geometry and the (N, C, H', W') small-integer offset of each
+              window's first maximum)
     """
     xp = namespace(x)
     ph, pw, stride = _check_pool(xp, x, pool_param)
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, ph, stride), conv_output_size(W, pw, stride)
     out, arg = window_max(x, ph, pw, stride, Ho, Wo)
-    return out, (tuple(x.shape), x.dtype, arg, ph, pw, stride)
+    return out, MaxPoolCache(x_shape=tuple(x.shape), dtype=x.dtype, argmax=arg,
+                             pool_height=ph, pool_width=pw, stride=stride)
 
 
 def max_pool_backward(dout, cache):
@@ -50,20 +65,21 @@ def max_pool_backward(dout, cache):
 
     Inputs
       dout  : (N, C, H', W'), the forward's dtype
-      cache : from max_pool_forward
+      cache : MaxPoolCache from max_pool_forward
     Returns
       dx : (N, C, H, W); each window's gradient lands on its first maximum
            (row-major order), overlapping windows accumulate.
     """
-    shape, dtype, arg, ph, pw, stride = cache
+    arg = cache.argmax
     namespace(dout, arg)  # same backend and device, or a clear error
     if tuple(dout.shape) != tuple(arg.shape):
         raise ValueError(f"dout: expected shape {tuple(arg.shape)} (the forward's output), "
                          f"got {tuple(dout.shape)}")
-    if dout.dtype != dtype:
-        raise TypeError(f"dout: expected dtype {dtype_str(dtype)} (the dtype of x), "
+    if dout.dtype != cache.dtype:
+        raise TypeError(f"dout: expected dtype {dtype_str(cache.dtype)} (the dtype of x), "
                         f"got {dtype_str(dout.dtype)}")
-    return window_max_grad(dout, arg, ph, pw, stride, shape[2], shape[3])
+    height, width = cache.x_shape[2], cache.x_shape[3]
+    return window_max_grad(dout, arg, cache.pool_height, cache.pool_width, cache.stride, height, width)
 
 
 def _check_pool(xp, x, pool_param):

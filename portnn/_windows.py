@@ -1,8 +1,27 @@
-"""The few neural-network primitives the Array API standard lacks, written once in
-standard operations (no scatter, no as_strided, no einsum).
+"""Sliding-window primitives for convolution and pooling, written once in
+standard Array API operations (no pad, as_strided, scatter-add or einsum).
 
 Every function takes arrays and infers their namespace; creation calls pass
-dtype= and device= explicitly so results stay on the inputs' device.
+dtype= and device= explicitly so results stay on the inputs' device
+(docs/design.md, rules 1 and 3).
+
+The standard has no pad, as_strided or scatter-add, so every window operation
+is a short Python loop over the kh*kw KERNEL OFFSETS (never over elements):
+offset (i, j) selects, with one strided slice, the element at that position of
+every window at once. Gathers stack those slices; scatters slice-add into them
+(targets within one slice are distinct, overlapping windows accumulate across
+iterations), so duplicates never meet in one write.
+
+| function            | used by | what                                                      |
+|---------------------|---------|-----------------------------------------------------------|
+| conv_output_size    | both    | number of window positions along one axis                 |
+| window_slice        | both    | the slice holding one offset's element of every window    |
+| pad_channel_major   | conv    | (N, C, H, W) -> zero-padded channel-major (C, N, Hp, Wp)  |
+| im2col              | conv    | (C, n, Hp, Wp) -> columns (kh*kw*C, n*out_h*out_w)        |
+| col2im_add          | conv    | adjoint of im2col, added in place into (C, N, Hp, Wp)     |
+| window_max          | pool    | (N, C, H, W) -> max, first-max offset (N, C, oh, ow)      |
+| window_max_grad     | pool    | adjoint of window_max -> dx (N, C, H, W)                  |
+| window_argmax_dtype | pool    | smallest signed integer dtype holding the window offsets  |
 """
 
 from __future__ import annotations
@@ -11,28 +30,10 @@ import array_api_compat as aac
 
 from .backends import namespace
 
-
-def one_hot(y, num_classes: int, dtype):
-    """Integer labels y (N,) -> (N, num_classes) array of 0/1 in ``dtype``.
-
-    Built by comparison with an arange (strict mode forbids integer-array
-    __setitem__, so ``out[arange(N), y] = 1`` is not portable).
-    """
-    xp = namespace(y)
-    classes = xp.arange(num_classes, dtype=y.dtype, device=aac.device(y))
-    return xp.astype(y[:, None] == classes[None, :], dtype)
-
-
-# --------------------------------------------------------------------------
-# Sliding-window primitives for convolution and pooling.
-#
-# The standard has no pad, as_strided or scatter-add, so every window operation
-# is a short Python loop over the kh*kw KERNEL OFFSETS (never over elements):
-# offset (i, j) selects, with one strided slice, the element at that position of
-# every window at once. Gathers stack those slices; scatters slice-add into them
-# (targets within one slice are distinct, overlapping windows accumulate across
-# iterations), so duplicates never meet in one write.
-# --------------------------------------------------------------------------
+__all__ = [
+    "conv_output_size", "window_slice", "pad_channel_major", "im2col", "col2im_add",
+    "window_argmax_dtype", "window_max", "window_max_grad",
+]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
@@ -229,9 +230,3 @@ def window_max_grad(dout, arg, kh: int, kw: int, stride: int, height: int, width
             dx[:, :, a:a + stride * (na - 1) + 1:stride, b:b + stride * (nb - 1) + 1:stride] = \
                 g[a, b, :, :, :na, :nb]
     return dx
-
-
-def window_max_grad_adjacent(dout, arg, k: int, height: int, width: int):
-    """window_max_grad for k x k windows with stride k (kept for callers of the old
-    fast path; the phase-split window_max_grad is now the one implementation)."""
-    return window_max_grad(dout, arg, k, k, k, height, width)
