@@ -43,12 +43,19 @@ def test_train_cnn_on_digits():
 
 def test_unavailable_backend_message():
     res = run_cli("train", "--backend", "nosuch", check=False)
-    assert res.returncode != 0 and "unknown backend 'nosuch'" in res.stderr
+    assert res.returncode == 2 and "unknown backend 'nosuch'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_readme_first_command_output():
+    out = run_cli("train", "--epochs", "1").stdout.splitlines()
+    assert re.fullmatch(r"portnn: fcn on digits \(1197 train / 300 val / 300 test\), backend \w+ \(\w+\), float32",
+                        out[0]), out[0]
+    assert re.fullmatch(r"best val acc [\d.]+  test acc [\d.]+  \([\d.]+s training, 23 iterations\)", out[-1])
 
 
 def test_cifar_needs_data_dir(tmp_path):
     res = run_cli("train", "--dataset", "cifar10", check=False)
-    assert res.returncode != 0 and "--data-dir" in res.stderr
+    assert res.returncode == 2 and "--data-dir" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), check=False)
     assert res.returncode != 0 and "data_batch_1" in res.stderr
 
@@ -56,9 +63,8 @@ def test_cifar_needs_data_dir(tmp_path):
 def test_train_on_local_cifar10_files(tmp_path):
     from tests.test_data import _write_cifar
     _write_cifar(tmp_path, sizes=(20, 20, 20, 20, 20), n_test=10)
-    for model in ("cnn", "fcn"):
+    for model, size in (("cnn", ("--num-filters", "4")), ("fcn", ("--hidden-dims", "10"))):
         out = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", model,
-                      "--num-train", "80", "--num-val", "20", "--num-test", "10", "--epochs", "1", "--num-filters", "4",
-                      "--hidden-dims", "10").stdout
+                      "--num-train", "80", "--num-val", "20", "--num-test", "10", "--epochs", "1", *size).stdout
         assert "cifar10 (80 train / 20 val / 10 test)" in out
         assert re.search(r"test acc [\d.]+", out)
