@@ -1,12 +1,29 @@
-"""Checkpoint files: arrays in an .npz (loaded with pickle OFF) plus a JSON manifest.
+"""Checkpoint files: arrays in an .npz (loaded with pickle OFF) plus a JSON manifest,
+and the model / Solver save and load built on them.
 
 Layout for ``save_arrays(path, arrays, meta)``:
   path                 an uncompressed .npz holding every array under its name
-  path + ".json"       {"format": "portnn-checkpoint", "version": 1,
+  path + ".json"       {"format": "portnn-checkpoint", "version": 2,
                         "arrays": {name: {"shape": [...], "dtype": "float32"}}, "meta": {...}}
 Both are written atomically: to a temporary file in the same folder, flushed and
 fsync'ed, then ``os.replace``d over the real name, so a crash never leaves a
 half-written file under the real name.
+
+Versions: this portnn writes version 2 and reads 1 and 2 (READS); any other
+version is refused with a message naming both. Version 2 is version 1 plus, in a
+solver file's "solver" section, on_nonfinite, skipped_iterations and rng_step;
+a version-1 file is read as on_nonfinite="raise", no skipped iterations, and the
+model's rng_step (``load_arrays`` returns its meta in the version-2 layout).
+
+Model and solver files (``save`` / ``load``): the arrays and "solver" section of a
+solver file are its ``portnn.training_state.TrainingState`` (names and fields are
+defined there, once); a model file holds only ``model.<name>`` arrays. Meta:
+  kind: "model" | "solver"
+  model: {class, config (constructor arguments), rng_step (dropout position)}
+  solver: TrainingState.meta (solver files only)
+This module reads and writes files and builds models; a Solver is captured with
+``Solver.state()`` and rebuilt with ``Solver.from_state``. It installs ``save`` as
+the solver's checkpoint writer (``portnn.solver.set_checkpoint_writer``) when imported.
 """
 
 from __future__ import annotations
@@ -17,8 +34,14 @@ import tempfile
 
 import numpy as np
 
+from ._checks import to_host
+from .models import FullyConnectedNet, Model, ThreeLayerConvNet, TwoLayerNet
+from .solver import Solver, set_checkpoint_writer
+from .training_state import TrainingState
+
 FORMAT = "portnn-checkpoint"
-VERSION = 1
+VERSION = 2  # what save_arrays writes
+READS = (1, 2)  # the versions load_arrays reads
 
 
 def _atomic_write(path: str, write) -> None:
@@ -56,23 +79,13 @@ def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
 def load_arrays(path: str):
     """Read a checkpoint written by save_arrays -> (arrays: dict of NumPy, meta: dict).
 
-    Refuses object arrays (pickle stays off) and checks every array against the
-    manifest, raising ValueError naming the file on any mismatch.
+    Refuses object arrays (pickle stays off), a manifest of a version this portnn
+    does not read, and arrays that differ from the manifest, raising ValueError
+    naming the file. A version-1 solver file's meta comes back in the current layout.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    with open(path + ".json", "rb") as f:
-        try:
-            manifest = json.loads(f.read().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}.json: not a valid portnn manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}.json: not a portnn checkpoint manifest")
-    if manifest.get("version") != VERSION:
-        raise ValueError(
-            f"{path}.json: checkpoint format version {manifest.get('version')!r}, "
-            f"this portnn reads version {VERSION}"
-        )
+    manifest = _read_manifest(path)
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -89,28 +102,40 @@ def load_arrays(path: str):
         a = arrays[k]
         if list(a.shape) != spec["shape"] or a.dtype.name != spec["dtype"]:
             raise ValueError(f"{path}: array {k!r} is {a.dtype}{a.shape}, manifest says {spec}")
-    return arrays, manifest.get("meta", {})
+    return arrays, _upgrade(manifest.get("meta", {}), manifest["version"])
+
+
+def _read_manifest(path):
+    with open(path + ".json", "rb") as f:
+        try:
+            manifest = json.loads(f.read().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}.json: not a valid portnn manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}.json: not a portnn checkpoint manifest")
+    version = manifest.get("version")
+    if isinstance(version, bool) or version not in READS:
+        raise ValueError(
+            f"{path}.json: checkpoint format version {version!r}, this portnn reads versions "
+            f"{', '.join(map(str, READS))}"
+        )
+    return manifest
+
+
+def _upgrade(meta, version):
+    """A version-1 meta in the version-2 layout: a v1 solver section lacks
+    on_nonfinite, skipped_iterations and rng_step (kept beside, in the model's)."""
+    if version != 1 or not isinstance(meta, dict) or not isinstance(meta.get("solver"), dict):
+        return meta
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    solver = {"verbose": True, "metadata": {}, "on_nonfinite": "raise", "skipped_iterations": [],
+              "rng_step": model.get("rng_step", 0)}
+    solver.update(meta["solver"])
+    return dict(meta, solver=solver)
 
 
 # --------------------------------------------------------------------------- models and solvers
-#
-# Array names inside a checkpoint:
-#   model.<name>          params and buffers (e.g. model.W1, model.bn1.running_mean)
-#   optim.<param>.<key>   optimizer state arrays (velocity, cache, m, v)
-#   best.<name>           the Solver's best params; best_buffers.<name> their buffers
-# Metadata ("meta" in the manifest):
-#   kind: "model" | "solver"
-#   model: {class, config (constructor arguments), rng_step (dropout position)}
-#   solver: epoch, iteration, update rule and its scalar state per parameter,
-#           base optim_config, lr_decay, lr_schedule, batch_size, num_epochs, the
-#           accuracy sample sizes, print_every, seed (batch order), histories,
-#           best_val_acc, checkpoint_name, metadata
-
-
-def _model_classes():
-    from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
-
-    return {c.__name__: c for c in (FullyConnectedNet, TwoLayerNet, ThreeLayerConvNet)}
+_MODEL_CLASSES = {c.__name__: c for c in (FullyConnectedNet, TwoLayerNet, ThreeLayerConvNet)}
 
 
 def _model_meta(model):
@@ -118,66 +143,29 @@ def _model_meta(model):
 
 
 def save(obj, path: str) -> None:
-    """Save a model or a Solver (with its model) to ``path`` (.npz + .json manifest).
+    """Save a model or a Solver (its TrainingState, model included) to ``path``
+    (.npz + .json manifest).
 
     Backend-independent: arrays are stored as NumPy on the host, so a file saved
-    from CuPy or torch loads on any backend. Written atomically.
+    from CuPy or torch loads on any backend. Written atomically. Saving a Solver
+    whose pending losses hold a diverged step raises DivergenceError (on_nonfinite
+    "raise") and writes nothing.
     """
-    from .models.base import Model
-    from .solver import Solver
-
     if isinstance(obj, Solver):
-        arrays, meta = _solver_state(obj)
+        state = obj.state()
+        arrays = {k: to_host(v, k) for k, v in state.arrays.items()}
+        meta = {"kind": "solver", "model": _model_meta(obj.model), "solver": state.meta}
     elif isinstance(obj, Model):
-        be = obj.backend
-        arrays = {f"model.{k}": be.to_numpy(v) for k, v in obj.state_dict().items()}
+        arrays = {f"model.{k}": to_host(v, k) for k, v in obj.state_dict().items()}
         meta = {"kind": "model", "model": _model_meta(obj)}
     else:
         raise TypeError(f"obj: expected a portnn model or Solver, got {type(obj).__name__}")
     save_arrays(path, arrays, meta)
 
 
-def _solver_state(solver):
-    be = solver.backend
-    solver._flush_losses()  # (may raise DivergenceError: never checkpoint a diverged run)
-    arrays = {f"model.{k}": be.to_numpy(v) for k, v in solver.model.state_dict().items()}
-    scalars = {}
-    for p, config in solver.optim_configs.items():
-        scalars[p] = {}
-        for key, value in config.items():
-            if hasattr(value, "shape"):
-                arrays[f"optim.{p}.{key}"] = be.to_numpy(value)
-            else:
-                scalars[p][key] = value
-    arrays.update({f"best.{k}": be.to_numpy(v) for k, v in solver.best_params.items()})
-    arrays.update({f"best_buffers.{k}": be.to_numpy(v) for k, v in solver._best_buffers.items()})
-    meta = {
-        "kind": "solver",
-        "model": _model_meta(solver.model),
-        "solver": {
-            "epoch": solver.epoch,
-            "iteration": solver.iteration,
-            "update_rule": solver.update_rule_name,
-            "optim_config": solver.optim_config,
-            "optim_scalars": scalars,
-            "lr_decay": solver.lr_decay,
-            "lr_schedule": None if solver.lr_schedule is None else solver.lr_schedule.to_dict(),
-            "batch_size": solver.batch_size,
-            "num_epochs": solver.num_epochs,
-            "num_train_samples": solver.num_train_samples,
-            "num_val_samples": solver.num_val_samples,
-            "print_every": solver.print_every,
-            "verbose": solver.verbose,
-            "seed": solver.seed,
-            "checkpoint_name": solver.checkpoint_name,
-            "loss_history": solver.loss_history,
-            "train_acc_history": solver.train_acc_history,
-            "val_acc_history": solver.val_acc_history,
-            "best_val_acc": solver.best_val_acc,
-            "metadata": solver.metadata,
-        },
-    }
-    return arrays, meta
+# Solver.save_checkpoint writes through this (looked up at each call, so a patched
+# portnn.io.save is what the solver uses too).
+set_checkpoint_writer(lambda solver, path: save(solver, path))
 
 
 def _group(arrays, prefix):
@@ -210,16 +198,19 @@ def load(path: str, backend=None, data=None, comm=None, **solver_kwargs):
     model.rng_step = int(meta["model"].get("rng_step", 0))
     if kind == "model" or data is None:
         return model
+    try:
+        state = TrainingState(arrays, meta["solver"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
     if comm is not None:
         solver_kwargs = dict(solver_kwargs, comm=comm)
-    return _build_solver(path, model, arrays, meta["solver"], data, solver_kwargs)
+    return Solver.from_state(model, data, state, last_checkpoint=path, **solver_kwargs)
 
 
 def _build_model(path, mmeta, backend):
-    classes = _model_classes()
-    cls = classes.get(mmeta.get("class"))
+    cls = _MODEL_CLASSES.get(mmeta.get("class"))
     if cls is None:
-        raise ValueError(f"{path}: unknown model class {mmeta.get('class')!r}; known: {sorted(classes)}")
+        raise ValueError(f"{path}: unknown model class {mmeta.get('class')!r}; known: {sorted(_MODEL_CLASSES)}")
     config = dict(mmeta.get("config", {}))
     for key in ("input_dim",):
         if isinstance(config.get(key), list):
@@ -228,48 +219,6 @@ def _build_model(path, mmeta, backend):
         return cls(**config, backend=backend)
     except TypeError as e:
         raise ValueError(f"{path}: model config does not fit {cls.__name__} ({e})") from None
-
-
-def _build_solver(path, model, arrays, smeta, data, overrides):
-    from . import schedules
-    from .solver import Solver
-
-    kwargs = {
-        "update_rule": smeta["update_rule"],
-        "optim_config": smeta["optim_config"],
-        "lr_decay": smeta["lr_decay"],
-        "lr_schedule": None if smeta["lr_schedule"] is None else schedules.from_dict(smeta["lr_schedule"]),
-        "batch_size": smeta["batch_size"],
-        "num_epochs": smeta["num_epochs"],
-        "num_train_samples": smeta["num_train_samples"],
-        "num_val_samples": smeta["num_val_samples"],
-        "print_every": smeta["print_every"],
-        "verbose": smeta.get("verbose", True),
-        "seed": smeta["seed"],
-        "checkpoint_name": smeta["checkpoint_name"],
-        "metadata": smeta.get("metadata", {}),
-    }
-    kwargs.update(overrides)
-    solver = Solver(model, data, **kwargs)
-    be, dtype = model.backend, model.dtype
-    solver.epoch = int(smeta["epoch"])
-    solver.iteration = int(smeta["iteration"])
-    solver.loss_history = [float(v) for v in smeta["loss_history"]]
-    solver.train_acc_history = list(smeta["train_acc_history"])
-    solver.val_acc_history = list(smeta["val_acc_history"])
-    solver.best_val_acc = float(smeta["best_val_acc"])
-    optim_arrays = _group(arrays, "optim.")
-    configs = {}
-    for p in model.params:
-        config = dict(smeta["optim_scalars"].get(p, {}))
-        for key in [k for k in optim_arrays if k.startswith(p + ".")]:
-            config[key[len(p) + 1:]] = be.asarray(optim_arrays[key], dtype=dtype)
-        configs[p] = config
-    solver.optim_configs = configs
-    solver.best_params = {k: be.asarray(v, dtype=dtype) for k, v in _group(arrays, "best.").items()}
-    solver._best_buffers = {k: be.asarray(v, dtype=dtype) for k, v in _group(arrays, "best_buffers.").items()}
-    solver.last_checkpoint = path
-    return solver
 
 
 def load_into(model, path: str) -> None:

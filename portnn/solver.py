@@ -2,6 +2,12 @@
 decay and schedules, accuracy checks, best-params tracking, progress output,
 callbacks and checkpoints that resume exactly.
 
+What a run is (and so what a checkpoint or the data-parallel start-up carries)
+is defined once, in portnn.training_state; the Solver captures it (``state()``)
+and continues from it (``load_state``, ``from_state``). Checkpoint files are
+written by the writer portnn.io installs (``set_checkpoint_writer``): io imports
+the solver, never the reverse.
+
 Host <-> device traffic is explicit and rare: one ``Backend.asarray`` per
 minibatch (images and labels), loss values gathered on the device and read back
 once per report (``print_every``) or epoch, and one read per accuracy check.
@@ -17,11 +23,26 @@ import time
 from . import optim
 from . import random as prandom
 from . import schedules as sched
-from ._checks import check_float_in, check_labels_host, check_positive_int, float_dtype_name, to_host
+from ._checks import check_float_in, check_labels_host, check_positive_int, dtype_str, float_dtype_name, to_host
 from .data.batches import epoch_permutation, subsample
-from .distributed import shard_batch
+from .distributed import mark_all_ranks, raised_on_all_ranks, shard_batch
+from .training_state import TrainingState
 
 _LOSS_KEY = " loss"  # rides along with the gradients in the per-step allreduce
+
+# The checkpoint file format lives above the solver, in portnn.io, which installs its
+# writer here when it is imported (portnn/__init__.py imports it, so importing any part
+# of portnn does): the solver hands over its TrainingState and never imports io.
+_checkpoint_writer = None
+
+
+def set_checkpoint_writer(write) -> None:
+    """Install ``write(solver, path)``, what ``Solver.save_checkpoint`` calls to write
+    a file (portnn.io installs its ``save``)."""
+    global _checkpoint_writer
+    if not callable(write):
+        raise TypeError(f"write: expected a callable (solver, path), got {write!r}")
+    _checkpoint_writer = write
 
 
 class DivergenceError(FloatingPointError):
@@ -86,7 +107,11 @@ class Solver:
         save_checkpoint() are collective: call them on every rank.
     After ``train()``: loss_history (one float per iteration), train_acc_history,
     val_acc_history (one at the start, then one per epoch), best_val_acc,
-    best_params (also copied into the model, with their batchnorm statistics).
+    best_params and best_buffers (their batchnorm statistics; both also copied
+    into the model), skipped_iterations.
+    State: ``state()`` is everything a resumed run needs (portnn.training_state);
+    ``load_state(state)`` continues from one and ``Solver.from_state(model, data,
+    state, **overrides)`` builds a solver that does; checkpoints are written from it.
     """
 
     def __init__(
@@ -113,6 +138,23 @@ class Solver:
         self.model = model
         self.backend = model.backend
         self._set_data(data)
+        self._configure(update_rule=update_rule, optim_config=optim_config, lr_decay=lr_decay,
+                        lr_schedule=lr_schedule, batch_size=batch_size, num_epochs=num_epochs,
+                        num_train_samples=num_train_samples, num_val_samples=num_val_samples,
+                        checkpoint_name=checkpoint_name, print_every=print_every, verbose=verbose, seed=seed,
+                        metadata=metadata, on_nonfinite=on_nonfinite)
+        self.callbacks = list(callbacks or [])
+        self.comm = comm
+        if comm is not None:
+            if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce_mean", "bcast", "barrier")):
+                raise TypeError(f"comm: expected a portnn.distributed communicator, got {comm!r}")
+            self.model.rng_stream = comm.rank  # per-rank dropout masks, still reproducible
+        self._reset()
+
+    def _configure(self, *, update_rule, optim_config, lr_decay, lr_schedule, batch_size, num_epochs,
+                   num_train_samples, num_val_samples, checkpoint_name, print_every, verbose, seed, metadata,
+                   on_nonfinite):
+        """Check and set the settings (training_state.SETTINGS; __init__ documents them)."""
         if isinstance(update_rule, str):
             self.update_rule_name = update_rule
             self.update_rule = optim.get_update_rule(update_rule)
@@ -139,17 +181,10 @@ class Solver:
         self.print_every = check_positive_int(print_every, "print_every")
         self.verbose = bool(verbose)
         self.seed = prandom.new_seed() if seed is None else int(seed)
-        self.callbacks = list(callbacks or [])
         self.metadata = dict(metadata or {})  # saved in checkpoints (e.g. the CLI's arguments)
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
-        self.comm = comm
-        if comm is not None:
-            if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce_mean", "bcast", "barrier")):
-                raise TypeError(f"comm: expected a portnn.distributed communicator, got {comm!r}")
-            self.model.rng_stream = comm.rank  # per-rank dropout masks, still reproducible
-        self._reset()
 
     def _set_data(self, data):
         for key in ("X_train", "y_train", "X_val", "y_val"):
@@ -171,7 +206,7 @@ class Solver:
         self.iteration = 0
         self.best_val_acc = 0.0
         self.best_params = {}
-        self._best_buffers = {}
+        self.best_buffers = {}
         self.loss_history = []
         self.train_acc_history = []
         self.val_acc_history = []
@@ -192,6 +227,43 @@ class Solver:
         """The learning rate the next step uses (first parameter's config)."""
         config = next(iter(self.optim_configs.values()), {})
         return config.get("learning_rate", self.optim_config.get("learning_rate"))
+
+    def state(self) -> TrainingState:
+        """The resumable training state (portnn.training_state), holding this
+        solver's backend arrays (no copies). Reads the losses still on the device
+        first, so under on_nonfinite="raise" a diverged step raises DivergenceError
+        here: a diverged run is never captured."""
+        self._flush_losses()
+        return TrainingState.capture(self)
+
+    def load_state(self, state: TrainingState, settings: bool = True) -> None:
+        """Continue from ``state``: model params and buffers, optimizer state, best
+        params, progress (epoch, iteration, histories, skipped iterations) and,
+        unless ``settings=False``, its settings (checked as in the constructor; the
+        update rule is looked up by name unless it is this solver's own)."""
+        if not isinstance(state, TrainingState):
+            raise TypeError(f"state: expected a portnn.training_state.TrainingState, got {type(state).__name__}")
+        if settings:
+            kwargs = state.settings()
+            if kwargs["update_rule"] == self.update_rule_name:
+                kwargs["update_rule"] = self.update_rule  # keeps a custom callable
+            self._configure(**kwargs)
+        state.restore(self)
+        self._pending_losses = []
+        self._buffers_synced_at = None
+
+    @classmethod
+    def from_state(cls, model, data, state: TrainingState, last_checkpoint=None, **overrides):
+        """A Solver that continues ``state`` on ``model`` and ``data``: built with the
+        state's settings, ``overrides`` (constructor arguments, e.g. num_epochs=20,
+        comm=..., update_rule=my_callable) taking precedence. ``last_checkpoint``:
+        the file it came from, if any (named by a later DivergenceError)."""
+        if not isinstance(state, TrainingState):
+            raise TypeError(f"state: expected a portnn.training_state.TrainingState, got {type(state).__name__}")
+        solver = cls(model, data, **dict(state.settings(), **overrides))
+        solver.load_state(state, settings=False)
+        solver.last_checkpoint = last_checkpoint
+        return solver
 
     # ------------------------------------------------------------------ steps
     def _to_device(self, idx):
@@ -217,7 +289,7 @@ class Solver:
         xp = self.backend.xp
         X_batch, y_batch = self._to_device(idx)
         self._apply_schedule()
-        loss, grads = self.model._loss_device(X_batch, y_batch)
+        loss, grads = self.model._forward_backward(X_batch, y_batch)  # no validation; loss stays on the device
         if self.comm is not None:
             loss, grads = self._allreduce_step(loss, grads)
         # NaN/Inf anywhere in a gradient makes its sum non-finite: one cheap
@@ -303,7 +375,7 @@ class Solver:
             self.best_val_acc = val_acc
             # Update rules return new arrays, so references are a snapshot.
             self.best_params = dict(self.model.params)
-            self._best_buffers = dict(self.model.buffers())
+            self.best_buffers = dict(self.model.buffers())
 
     def train(self):
         """Run the optimisation up to num_epochs epochs (from the current epoch;
@@ -311,8 +383,6 @@ class Solver:
         With a communicator: collective, call it on every rank."""
         if self.comm is None:
             return self._train()
-        from .distributed import raised_on_all_ranks
-
         try:
             self._sync_from_root()
             return self._train()
@@ -372,7 +442,7 @@ class Solver:
         """Copy the best parameters (and their batchnorm statistics) into the model."""
         if self.best_params:
             self.model.params.update(self.best_params)
-            self.model.load_buffers(self._best_buffers)
+            self.model.load_buffers(self.best_buffers)
 
     def _call(self, hook):
         for cb in self.callbacks:
@@ -382,24 +452,26 @@ class Solver:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path=None):
-        """Write the full training state (see portnn.io). Default path:
+        """Write the full training state (``state()``) with the installed checkpoint
+        writer (portnn.io: an .npz + .json manifest). Default path:
         ``{checkpoint_name}_epoch_{epoch}.npz``; nothing happens when neither is set."""
         if path is None:
             if self.checkpoint_name is None:
                 return None
             path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
-        from .io import save
-
+        write = _checkpoint_writer
+        if write is None:
+            raise RuntimeError("no checkpoint writer installed (import portnn.io, which installs it)")
         if self.comm is not None:
             # Collective: averaged statistics, rank 0 writes (its error, if any, is raised on
             # every rank), then a barrier so no rank reads the file before it is complete.
             self._flush_losses()
             if self._buffers_synced_at != self.iteration:
                 self._average_buffers()
-            self.comm.run_on_root(lambda: save(self, path))
+            self.comm.run_on_root(lambda: write(self, path))
             self.comm.barrier()
         else:
-            save(self, path)
+            write(self, path)
         self.last_checkpoint = path
         return path
 
@@ -427,20 +499,42 @@ class Solver:
 
     def _sync_from_root(self):
         """Make every rank start from rank 0's state: check that the ranks agree on
-        the data and model, then broadcast params, batchnorm statistics, optimizer
-        state, best params, seed, RNG position and progress."""
-        from .distributed import mark_all_ranks
-
-        comm, model = self.comm, self.model
+        the data and model, then broadcast rank 0's TrainingState (params, batchnorm
+        statistics, optimizer state, best params, progress, skipped iterations, RNG
+        position and settings such as seed and on_nonfinite): the arrays with one
+        ``comm.bcast``, the JSON part with ``comm.bcast_obj``."""
+        comm = self.comm
         if comm.size == 1:
             return
+        self._check_ranks_agree()
+        # Pending losses are the same on every rank (averaged): all ranks read them, and
+        # raise on a diverged one, together, before rank 0 captures its state.
+        self._flush_losses()
+        state = self.state() if comm.is_root else None
+        head = comm.bcast_obj(None if state is None else {
+            "meta": state.meta,
+            "arrays": {k: (tuple(v.shape), dtype_str(v.dtype)) for k, v in state.arrays.items()},
+        })
+        if comm.is_root:
+            arrays = state.arrays
+        else:
+            xp, be = self.backend.xp, self.backend
+            arrays = {k: xp.zeros(shape, dtype=be.dtype_of(dt), device=be.device)
+                      for k, (shape, dt) in head["arrays"].items()}
+        arrays = comm.bcast(arrays, backend=self.backend)
+        if not comm.is_root:
+            self.load_state(TrainingState(arrays, head["meta"]))
+
+    def _check_ranks_agree(self):
+        """Every rank must build the same model and Solver on the same data: a
+        ValueError (raised on every rank) names the first difference."""
         signature = {
             "train samples": tuple(self.X_train.shape), "val samples": tuple(self.X_val.shape),
             "batch_size": self.batch_size, "num_epochs": self.num_epochs,
-            "update_rule": self.update_rule_name, "dtype": float_dtype_name(model.dtype),
-            "params": [(k, tuple(v.shape)) for k, v in sorted(model.params.items())],
+            "update_rule": self.update_rule_name, "dtype": float_dtype_name(self.model.dtype),
+            "params": [(k, tuple(v.shape)) for k, v in sorted(self.model.params.items())],
         }
-        every = comm.allgather_obj(signature)
+        every = self.comm.allgather_obj(signature)
         for r, sig in enumerate(every):
             diff = [k for k in sig if sig[k] != every[0][k]]
             if diff:
@@ -448,58 +542,6 @@ class Solver:
                 raise mark_all_ranks(ValueError(
                     f"comm: rank {r} disagrees with rank 0 on {k} ({sig[k]!r} vs {every[0][k]!r}); "
                     f"every rank must build the same model and Solver on the same data"))
-        arrays, scalars = {}, {}
-        if comm.is_root:
-            arrays.update({f"param.{k}": v for k, v in model.params.items()})
-            arrays.update({f"buffer.{k}": v for k, v in model.buffers().items()})
-            arrays.update({f"best.{k}": v for k, v in self.best_params.items()})
-            arrays.update({f"best_buffer.{k}": v for k, v in self._best_buffers.items()})
-            for p, config in self.optim_configs.items():
-                scalars[p] = {}
-                for key, value in config.items():
-                    if hasattr(value, "shape"):
-                        arrays[f"optim.{p}.{key}"] = value
-                    else:
-                        scalars[p][key] = value
-        root = comm.bcast_obj(None if not comm.is_root else {
-            "shapes": {k: tuple(v.shape) for k, v in arrays.items()},
-            "optim_scalars": scalars,
-            "seed": self.seed, "epoch": self.epoch, "iteration": self.iteration,
-            "rng_step": model.rng_step, "best_val_acc": self.best_val_acc,
-            "loss_history": self.loss_history, "train_acc_history": self.train_acc_history,
-            "val_acc_history": self.val_acc_history, "skipped_iterations": self.skipped_iterations,
-        })
-        if not comm.is_root:
-            xp, dev = self.backend.xp, self.backend.device
-            arrays = {k: xp.zeros(shape, dtype=model.dtype, device=dev) for k, shape in root["shapes"].items()}
-        arrays = comm.bcast(arrays, backend=self.backend)
-
-        def group(prefix):
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-        for k, v in group("param.").items():
-            model.params[k] = v
-        buffers = group("buffer.")
-        if buffers:
-            model.load_buffers(buffers)
-        self.best_params = group("best.")
-        self._best_buffers = group("best_buffer.")
-        optim_arrays = group("optim.")
-        configs = {}
-        for p in model.params:
-            config = dict(root["optim_scalars"].get(p, {}))
-            config.update({k[len(p) + 1:]: v for k, v in optim_arrays.items() if k.startswith(p + ".")})
-            configs[p] = config
-        self.optim_configs = configs
-        self.seed = root["seed"]
-        self.epoch, self.iteration = root["epoch"], root["iteration"]
-        model.rng_step = root["rng_step"]
-        self.best_val_acc = root["best_val_acc"]
-        self.loss_history = list(root["loss_history"])
-        self.train_acc_history = list(root["train_acc_history"])
-        self.val_acc_history = list(root["val_acc_history"])
-        self.skipped_iterations = list(root["skipped_iterations"])
-        self._pending_losses = []
 
 
 class _Reporter:

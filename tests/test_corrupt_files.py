@@ -64,7 +64,7 @@ def test_wrong_version(saved, target):
     manifest = json.loads(open(path + ".json").read())
     manifest["version"] = 99
     open(path + ".json", "w").write(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"format version 99, this portnn reads version 1"):
+    with pytest.raises(ValueError, match=r"format version 99, this portnn reads versions 1, 2"):
         load_into(target[0], path)
     assert_untouched(target)
 

@@ -221,6 +221,57 @@ def test_start_broadcasts_rank_0_state(digits64):
     np.testing.assert_array_equal(a.optim_configs["W1"]["velocity"], b.optim_configs["W1"]["velocity"])
 
 
+def test_start_broadcasts_skip_policy_and_skipped_iterations(digits64):
+    """The broadcast is the TrainingState: rank 1, built with on_nonfinite="raise" and
+    a stale skip record, takes rank 0's "skip" and its record, so both ranks skip the
+    same (averaged, non-finite) step instead of rank 1 raising alone."""
+    from tests.test_divergence import poison
+
+    data = {k: v[:200] for k, v in digits64.items()}
+    ref = solver(poison(fcn(), {3: "grad"}), data, None, update_rule="adam", batch_size=40,
+                 on_nonfinite="skip").train()
+
+    def fn(c):
+        s = solver(poison(fcn(), {3: "grad"}), data, c, update_rule="adam", batch_size=20,
+                   on_nonfinite="skip" if c.rank == 0 else "raise")
+        if c.rank == 1:
+            s.skipped_iterations = [99]
+        return s.train()
+
+    a, b = run(2, fn, timeout=60)
+    assert a.on_nonfinite == b.on_nonfinite == "skip"
+    assert a.skipped_iterations == b.skipped_iterations == ref.skipped_iterations == [3]
+    for k, v in state(a).items():
+        np.testing.assert_array_equal(state(b)[k], v)
+        np.testing.assert_allclose(v, state(ref)[k], rtol=0, atol=1e-10)
+
+
+def test_resume_of_a_skipping_run_on_two_ranks(digits64, tmp_path):
+    """A data-parallel checkpoint keeps on_nonfinite and skipped_iterations, and the
+    resumed ranks continue exactly as the uninterrupted run."""
+    from tests.test_divergence import poison
+
+    data = {k: v[:200] for k, v in digits64.items()}
+
+    def make(c, prefix=None):
+        return solver(poison(fcn(normalization="batchnorm"), {2: "grad", 7: "loss"}), data, c, update_rule="adam",
+                      batch_size=20, num_epochs=3, on_nonfinite="skip", checkpoint_name=prefix)
+
+    full = run(2, lambda c: make(c, str(tmp_path / "ck")).train())
+
+    def resume(c):
+        s = portnn.load(str(tmp_path / "ck_epoch_1.npz"), data=data, comm=c)
+        assert (s.on_nonfinite, s.skipped_iterations) == ("skip", [2])
+        poison(s.model, {2: "grad", 7: "loss"})
+        return s.train()
+
+    for f, r in zip(full, run(2, resume)):
+        assert r.skipped_iterations == f.skipped_iterations == [2, 7]
+        assert r.loss_history == f.loss_history and r.val_acc_history == f.val_acc_history
+        for k, v in state(f).items():
+            np.testing.assert_array_equal(state(r)[k], v)
+
+
 def test_batchnorm_statistics_are_averaged(digits64):
     def fn(c):
         s = solver(fcn(normalization="batchnorm"), digits64, c, batch_size=20, num_epochs=1)

@@ -15,23 +15,33 @@ def digits():
     return {k: v[:200] for k, v in d.items()}
 
 
+def poison(model, bad_at, what="grad"):
+    """Make ``model``'s forward-backward (what the Solver calls) return a NaN gradient
+    (what="grad") or an infinite loss ("loss") at the training steps ``bad_at``
+    (1-based; a dict step -> what mixes both). Steps are counted by the model's
+    rng_step, which the Solver advances once per step and checkpoints carry, so a
+    resumed run is poisoned at the same steps. Scoring calls (y None) are left alone."""
+    real = model._forward_backward
+    bad = bad_at if isinstance(bad_at, dict) else {step: what for step in bad_at}
+
+    def forward_backward(X, y):
+        out = real(X, y)
+        kind = bad.get(model.rng_step + 1) if y is not None else None
+        if kind is None:
+            return out
+        loss, grads = out
+        if kind == "grad":
+            return loss, dict(grads, W2=grads["W2"] * float("nan"))
+        return loss * float("inf"), grads
+
+    model._forward_backward = forward_backward
+    return model
+
+
 def poisoned_solver(data, backend=None, bad_at=(), what="grad", **kw):
     """A Solver whose model returns a NaN gradient (or loss) at the given steps."""
-    model = portnn.FullyConnectedNet([16], input_dim=64, weight_scale=0.1, seed=0, backend=backend)
-    real = model._loss_device
-    calls = {"n": 0}
-
-    def loss_device(X, y):
-        loss, grads = real(X, y)
-        calls["n"] += 1
-        if calls["n"] in bad_at:
-            if what == "grad":
-                grads = dict(grads, W2=grads["W2"] * float("nan"))
-            else:
-                loss = loss * float("inf")
-        return loss, grads
-
-    model._loss_device = loss_device
+    model = poison(portnn.FullyConnectedNet([16], input_dim=64, weight_scale=0.1, seed=0, backend=backend),
+                   bad_at, what)
     args = dict(update_rule="adam", optim_config={"learning_rate": 1e-3}, batch_size=50, num_epochs=3,
                 verbose=False, seed=0)
     args.update(kw)

@@ -10,7 +10,6 @@ from portnn import Solver
 from portnn.data import load_digits
 from portnn.io import load_arrays
 from portnn.models import FullyConnectedNet
-from tests.helpers import to_np
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +99,7 @@ def test_checkpoint_files_without_pickle(tmp_path, digits):
     assert len(sm["loss_history"]) == 4
     assert {"model.W1", "model.bn1.running_mean", "optim.W1.m", "optim.W1.v", "best.W1"} <= set(arrays)
     assert sm["optim_scalars"]["W1"]["t"] == 4
+    assert sm["on_nonfinite"] == "raise" and sm["skipped_iterations"] == [] and sm["rng_step"] == 4
     assert solver.last_checkpoint == prefix + "_epoch_2.npz"
     manifest = json.loads((tmp_path / "ck_epoch_2.npz.json").read_text())
     assert manifest["format"] == "portnn-checkpoint"

@@ -111,11 +111,9 @@ class Model:
         loss, grads = self._forward_backward(X, y)
         return float(loss), grads
 
-    def _loss_device(self, X, y):
-        """Internal, used by the Solver: no validation, loss stays a 0-d device array."""
-        return self._forward_backward(X, y)
-
     def _forward_backward(self, X, y):
+        """Internal (``loss`` and the Solver call it): no validation; the loss stays a
+        0-d device array. Scores (N, C) when y is None, else (loss, grads dict)."""
         raise NotImplementedError
 
     def _weight_names(self):
