@@ -16,11 +16,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 
 from ._checks import check_float_in, check_int
+from .checkpoint_file import checkpoint_path, unwritable_reason
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -312,18 +312,11 @@ def _check_applicable(args, given):
                              f"not {_flag(key)} {actual}")
 
 
-def _checkpoint_file(path):
-    """A checkpoint named by its .npz or by its .json manifest -> the .npz."""
-    if path.endswith(".json") and os.path.exists(path[: -len(".json")]):
-        return path[: -len(".json")]
-    return path
-
-
 def _check_train_args(args):
     """Everything that the command line alone decides, before any file is read."""
     args._given = {k for k in _RUN_OPTIONS if getattr(args, k) is not None}
     if args.resume:
-        args.resume = _checkpoint_file(args.resume)  # run options: compared with the checkpoint
+        args.resume = checkpoint_path(args.resume)  # run options: compared with the checkpoint
     else:
         for key, value in _TRAIN_DEFAULTS.items():
             if getattr(args, key) is None:
@@ -338,7 +331,7 @@ def _check_train_args(args):
 
 
 def _check_eval_args(args):
-    args.checkpoint = _checkpoint_file(args.checkpoint)
+    args.checkpoint = checkpoint_path(args.checkpoint)
     given = {k for k in ("data_dir", "num_train", "num_val", "num_test") if getattr(args, k) is not None}
     for key, value in _EVAL_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -346,25 +339,6 @@ def _check_eval_args(args):
     _check_applicable(args, given)
     if args.dataset == "cifar10" and not args.data_dir:
         _error(args, "argument --dataset: cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)")
-
-
-def _unwritable(path):
-    """Why a file cannot be written at ``path`` (None when it can): its folder must be a
-    writable directory, or not exist yet under one (it is then created when writing)."""
-    if os.path.isdir(path):
-        return "it is a directory"
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        return f"{folder} is not a directory"
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".portnn-write-test-")
-    except OSError as e:
-        return f"cannot create files in {folder} ({e.strerror})"
-    os.close(fd)
-    os.unlink(probe)
-    return None
 
 
 def _existing_checkpoints(prefix):
@@ -406,7 +380,7 @@ def _check_outputs(args, resumed):
     Returns the old checkpoints that --overwrite deletes."""
     for flag, path in (("--plot", args.plot), ("--save", args.save),
                        ("--checkpoint", args.checkpoint and args.checkpoint + "_epoch_1.npz")):
-        problem = path and _unwritable(path)
+        problem = path and unwritable_reason(path)
         if problem:
             shown = args.checkpoint if flag == "--checkpoint" else path
             _error(args, f"argument {flag}: cannot write {shown}: {problem}")

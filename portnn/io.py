@@ -1,145 +1,29 @@
-"""Checkpoint files: arrays in an .npz (loaded with pickle OFF) plus a JSON manifest,
-and the model / Solver save and load built on them.
+"""Saving and loading models and Solvers (``portnn.save`` / ``portnn.load``).
 
-Layout for ``save_arrays(path, arrays, meta)``:
-  path                 an uncompressed .npz holding every array under its name
-  path + ".json"       {"format": "portnn-checkpoint", "version": 2,
-                        "arrays": {name: {"shape": [...], "dtype": "float32"}}, "meta": {...}}
-Both are written atomically: to a temporary file in the same folder, flushed and
-fsync'ed, then ``os.replace``d over the real name, so a crash never leaves a
-half-written file under the real name.
-
-Versions: this portnn writes version 2 and reads 1 and 2 (READS); any other
-version is refused with a message naming both. Version 2 is version 1 plus, in a
-solver file's "solver" section, on_nonfinite, skipped_iterations and rng_step;
-a version-1 file is read as on_nonfinite="raise", no skipped iterations, and the
-model's rng_step (``load_arrays`` returns its meta in the version-2 layout).
-
-Model and solver files (``save`` / ``load``): the arrays and "solver" section of a
-solver file are its ``portnn.training_state.TrainingState`` (names and fields are
-defined there, once); a model file holds only ``model.<name>`` arrays. Meta:
+The file format (one atomic .npz with its manifest inside, plus an informational
+.json copy; versions) is portnn.checkpoint_file's; ``save_arrays`` and
+``load_arrays`` are re-exported here. What a solver file holds is its
+``portnn.training_state.TrainingState``; a model file holds ``model.<name>`` arrays.
+Meta:
   kind: "model" | "solver"
   model: {class, config (constructor arguments), rng_step (dropout position)}
   solver: TrainingState.meta (solver files only)
-This module reads and writes files and builds models; a Solver is captured with
-``Solver.state()`` and rebuilt with ``Solver.from_state``. It installs ``save`` as
-the solver's checkpoint writer (``portnn.solver.set_checkpoint_writer``) when imported.
+This module builds models from files; a Solver is captured with ``Solver.state()``
+(``Solver.write_checkpoint``) and rebuilt with ``Solver.from_state``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
-import numpy as np
-
-from ._checks import to_host
+from ._checks import check_int, to_host
+from .checkpoint_file import load_arrays, save_arrays  # noqa: F401  (re-exported: portnn.io.load_arrays)
 from .models import FullyConnectedNet, Model, ThreeLayerConvNet, TwoLayerNet
-from .solver import Solver, set_checkpoint_writer
+from .solver import Solver
 from .training_state import TrainingState
-
-FORMAT = "portnn-checkpoint"
-VERSION = 2  # what save_arrays writes
-READS = (1, 2)  # the versions load_arrays reads
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
-    """Write host NumPy arrays and JSON-serialisable metadata to ``path`` (+ .json)."""
-    host = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    for k, v in host.items():
-        if v.dtype == object:
-            raise TypeError(f"arrays[{k!r}]: object arrays cannot be saved (they would need pickle)")
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in host.items()},
-        "meta": meta or {},
-    }
-    _atomic_write(path, lambda f: np.savez(f, **host))
-    _atomic_write(path + ".json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-
-
-def load_arrays(path: str):
-    """Read a checkpoint written by save_arrays -> (arrays: dict of NumPy, meta: dict).
-
-    Refuses object arrays (pickle stays off), a manifest of a version this portnn
-    does not read, and arrays that differ from the manifest, raising ValueError
-    naming the file. A version-1 solver file's meta comes back in the current layout.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    manifest = _read_manifest(path)
-    arrays = {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for k in z.files:
-                arrays[k] = z[k]
-    except ValueError as e:
-        raise ValueError(f"{path}: refused to load ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError on damaged files
-        raise ValueError(f"{path}: damaged or not an .npz file ({type(e).__name__}: {e})") from None
-    expected = manifest.get("arrays", {})
-    if set(expected) != set(arrays):
-        raise ValueError(f"{path}: arrays {sorted(arrays)} do not match the manifest {sorted(expected)}")
-    for k, spec in expected.items():
-        a = arrays[k]
-        if list(a.shape) != spec["shape"] or a.dtype.name != spec["dtype"]:
-            raise ValueError(f"{path}: array {k!r} is {a.dtype}{a.shape}, manifest says {spec}")
-    return arrays, _upgrade(manifest.get("meta", {}), manifest["version"])
-
-
-def _read_manifest(path):
-    with open(path + ".json", "rb") as f:
-        try:
-            manifest = json.loads(f.read().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}.json: not a valid portnn manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}.json: not a portnn checkpoint manifest")
-    version = manifest.get("version")
-    if isinstance(version, bool) or version not in READS:
-        raise ValueError(
-            f"{path}.json: checkpoint format version {version!r}, this portnn reads versions "
-            f"{', '.join(map(str, READS))}"
-        )
-    return manifest
-
-
-def _upgrade(meta, version):
-    """A version-1 meta in the version-2 layout: a v1 solver section lacks
-    on_nonfinite, skipped_iterations and rng_step (kept beside, in the model's)."""
-    if version != 1 or not isinstance(meta, dict) or not isinstance(meta.get("solver"), dict):
-        return meta
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    solver = {"verbose": True, "metadata": {}, "on_nonfinite": "raise", "skipped_iterations": [],
-              "rng_step": model.get("rng_step", 0)}
-    solver.update(meta["solver"])
-    return dict(meta, solver=solver)
-
 
 # --------------------------------------------------------------------------- models and solvers
 _MODEL_CLASSES = {c.__name__: c for c in (FullyConnectedNet, TwoLayerNet, ThreeLayerConvNet)}
-
-
-def _model_meta(model):
-    return {"class": type(model).__name__, "config": model.config, "rng_step": model.rng_step}
 
 
 def save(obj, path: str) -> None:
@@ -152,20 +36,12 @@ def save(obj, path: str) -> None:
     "raise") and writes nothing.
     """
     if isinstance(obj, Solver):
-        state = obj.state()
-        arrays = {k: to_host(v, k) for k, v in state.arrays.items()}
-        meta = {"kind": "solver", "model": _model_meta(obj.model), "solver": state.meta}
+        obj.write_checkpoint(path)
     elif isinstance(obj, Model):
         arrays = {f"model.{k}": to_host(v, k) for k, v in obj.state_dict().items()}
-        meta = {"kind": "model", "model": _model_meta(obj)}
+        save_arrays(path, arrays, {"kind": "model", "model": obj.checkpoint_meta()})
     else:
         raise TypeError(f"obj: expected a portnn model or Solver, got {type(obj).__name__}")
-    save_arrays(path, arrays, meta)
-
-
-# Solver.save_checkpoint writes through this (looked up at each call, so a patched
-# portnn.io.save is what the solver uses too).
-set_checkpoint_writer(lambda solver, path: save(solver, path))
 
 
 def _group(arrays, prefix):
@@ -195,16 +71,36 @@ def load(path: str, backend=None, data=None, comm=None, **solver_kwargs):
         raise ValueError(f"{path}: not a portnn model or solver checkpoint (kind {kind!r})")
     model = _build_model(path, meta["model"], backend)
     model.load_state_dict(_group(arrays, "model."))
-    model.rng_step = int(meta["model"].get("rng_step", 0))
+    model.rng_step = _field(path, "model", lambda: check_int(meta["model"].get("rng_step", 0), "rng_step",
+                                                                        minimum=0))
     if kind == "model" or data is None:
         return model
-    try:
-        state = TrainingState(arrays, meta["solver"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    state = _field(path, "solver", lambda: TrainingState(arrays, meta["solver"]))
+    _field(path, "solver", state.check)
     if comm is not None:
         solver_kwargs = dict(solver_kwargs, comm=comm)
-    return Solver.from_state(model, data, state, last_checkpoint=path, **solver_kwargs)
+    try:
+        return Solver.from_state(model, data, state, last_checkpoint=path, **solver_kwargs)
+    except (TypeError, ValueError) as e:
+        # A setting from the file that the Solver refuses: name the file and the field.
+        # Errors about the data or an argument given to load() are the caller's own.
+        setting = str(e).split(":")[0].split("[")[0]
+        if setting not in state.meta or setting in solver_kwargs:
+            raise
+        raise type(e)(f"{path}: manifest field solver.{e}") from None
+
+
+def _field(path, where, read):
+    """``read()``, with a TypeError/ValueError/KeyError it raises reported as a bad
+    manifest field of the file ``path`` (a hand-edited or damaged checkpoint)."""
+    try:
+        return read()
+    except KeyError as e:
+        raise ValueError(f"{path}: manifest field {where}: missing {e}") from None
+    except (TypeError, ValueError) as e:
+        msg = str(e).removeprefix("training state: ")
+        raise ValueError(f"{path}: manifest field {where}.{msg}" if not msg.startswith("missing")
+                         else f"{path}: manifest field {where}: {msg}") from None
 
 
 def _build_model(path, mmeta, backend):

@@ -5,8 +5,7 @@ callbacks and checkpoints that resume exactly.
 What a run is (and so what a checkpoint or the data-parallel start-up carries)
 is defined once, in portnn.training_state; the Solver captures it (``state()``)
 and continues from it (``load_state``, ``from_state``). Checkpoint files are
-written by the writer portnn.io installs (``set_checkpoint_writer``): io imports
-the solver, never the reverse.
+written with portnn.checkpoint_file (one atomic file per checkpoint).
 
 Host <-> device traffic is explicit and rare: one ``Backend.asarray`` per
 minibatch (images and labels), loss values gathered on the device and read back
@@ -23,27 +22,21 @@ import time
 from . import optim
 from . import random as prandom
 from . import schedules as sched
-from ._checks import check_float_in, check_labels_host, check_positive_int, dtype_str, float_dtype_name, to_host
+from ._checks import (
+    check_finite_host,
+    check_float_in,
+    check_labels_host,
+    check_positive_int,
+    dtype_str,
+    float_dtype_name,
+    to_host,
+)
+from .checkpoint_file import check_writable, save_arrays
 from .data.batches import epoch_permutation, subsample
 from .distributed import mark_all_ranks, raised_on_all_ranks, shard_batch
 from .training_state import TrainingState
 
 _LOSS_KEY = " loss"  # rides along with the gradients in the per-step allreduce
-
-# The checkpoint file format lives above the solver, in portnn.io, which installs its
-# writer here when it is imported (portnn/__init__.py imports it, so importing any part
-# of portnn does): the solver hands over its TrainingState and never imports io.
-_checkpoint_writer = None
-
-
-def set_checkpoint_writer(write) -> None:
-    """Install ``write(solver, path)``, what ``Solver.save_checkpoint`` calls to write
-    a file (portnn.io installs its ``save``)."""
-    global _checkpoint_writer
-    if not callable(write):
-        raise TypeError(f"write: expected a callable (solver, path), got {write!r}")
-    _checkpoint_writer = write
-
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or gradient.
@@ -149,6 +142,10 @@ class Solver:
             if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce_mean", "bcast", "barrier")):
                 raise TypeError(f"comm: expected a portnn.distributed communicator, got {comm!r}")
             self.model.rng_stream = comm.rank  # per-rank dropout masks, still reproducible
+        if self.checkpoint_name is not None and (comm is None or comm.rank == 0):
+            # Checked now, not after the first epoch's work (a parent that is a file, no
+            # permission). Only the rank that writes checks: the others may not see the folder.
+            check_writable(f"{self.checkpoint_name}_epoch_1.npz", "checkpoint_name")
         self._reset()
 
     def _configure(self, *, update_rule, optim_config, lr_decay, lr_schedule, batch_size, num_epochs,
@@ -177,7 +174,7 @@ class Solver:
         self.num_epochs = check_positive_int(num_epochs, "num_epochs", minimum=0)
         self.num_train_samples = num_train_samples
         self.num_val_samples = num_val_samples
-        self.checkpoint_name = checkpoint_name
+        self.checkpoint_name = None if checkpoint_name is None else os.fspath(checkpoint_name)
         self.print_every = check_positive_int(print_every, "print_every")
         self.verbose = bool(verbose)
         self.seed = prandom.new_seed() if seed is None else int(seed)
@@ -198,6 +195,9 @@ class Solver:
         y_val = check_labels_host(to_host(data["y_val"], "data['y_val']"), X_val.shape[0], C, "data['y_val']")
         if X_train.shape[0] == 0:
             raise ValueError("data['X_train']: expected at least one training sample, got 0")
+        # Once, on the host: NaN/inf samples would train (or score) silently wrong.
+        check_finite_host(X_train, "data['X_train']")
+        check_finite_host(X_val, "data['X_val']")
         self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
 
     # ------------------------------------------------------------------ state
@@ -451,17 +451,22 @@ class Solver:
                 fn(self)
 
     # ------------------------------------------------------------------ checkpoints
+    def write_checkpoint(self, path) -> None:
+        """Write this process's full training state (``state()``, model included) to
+        ``path`` now, as one atomic checkpoint file (portnn.checkpoint_file). Not
+        collective: ``save_checkpoint`` is what training calls."""
+        arrays, meta = self.state().checkpoint_contents(self.model)
+        save_arrays(path, arrays, meta)
+
     def save_checkpoint(self, path=None):
-        """Write the full training state (``state()``) with the installed checkpoint
-        writer (portnn.io: an .npz + .json manifest). Default path:
-        ``{checkpoint_name}_epoch_{epoch}.npz``; nothing happens when neither is set."""
+        """Write the full training state (``write_checkpoint``). Default path:
+        ``{checkpoint_name}_epoch_{epoch}.npz``; nothing happens when neither is set.
+        With a communicator: collective, rank 0 writes."""
         if path is None:
             if self.checkpoint_name is None:
                 return None
             path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
-        write = _checkpoint_writer
-        if write is None:
-            raise RuntimeError("no checkpoint writer installed (import portnn.io, which installs it)")
+        write = Solver.write_checkpoint
         if self.comm is not None:
             # Collective: averaged statistics, rank 0 writes (its error, if any, is raised on
             # every rank), then a barrier so no rank reads the file before it is complete.

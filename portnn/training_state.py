@@ -2,7 +2,7 @@
 its parts go by, and how it becomes plain data (arrays + a JSON-able dict) and
 back onto a Solver.
 
-Checkpoints (``portnn.io``) write it to a file; the data-parallel start-up
+Checkpoints (``Solver.write_checkpoint``, ``portnn.io``) write it to a file; the data-parallel start-up
 (``Solver._sync_from_root``) broadcasts rank 0's copy; both use these names, so
 a field added here reaches both.
 
@@ -115,6 +115,34 @@ class TrainingState:
             optim_scalars=optim_scalars,
         )
         return cls(arrays, meta)
+
+    def check(self) -> None:
+        """Type-check the progress fields (a hand-edited or damaged manifest), naming
+        the field: "epoch: expected an integer >= 0, got 'two'". The settings are
+        checked by the Solver when applied."""
+        m = self.meta
+        for name in ("epoch", "iteration", "rng_step"):
+            check_int(m[name], name, minimum=0)
+        for name in ("loss_history", "train_acc_history", "val_acc_history", "skipped_iterations"):
+            if not isinstance(m[name], list):
+                raise TypeError(f"{name}: expected a list, got {m[name]!r}")
+        for name in ("loss_history", "train_acc_history", "val_acc_history"):
+            for v in m[name]:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"{name}: expected a list of numbers, got an entry {v!r}")
+        if isinstance(m["best_val_acc"], bool) or not isinstance(m["best_val_acc"], (int, float)):
+            raise TypeError(f"best_val_acc: expected a number, got {m['best_val_acc']!r}")
+        for i in m["skipped_iterations"]:
+            check_int(i, "skipped_iterations", minimum=1)
+        scalars = m["optim_scalars"]
+        if not isinstance(scalars, dict) or not all(isinstance(v, dict) for v in scalars.values()):
+            raise TypeError(f"optim_scalars: expected a dict of dicts (one per parameter), got {scalars!r}")
+
+    def checkpoint_contents(self, model):
+        """(host arrays, meta) of a solver checkpoint file: this state plus what
+        rebuilds ``model`` (``Model.checkpoint_meta``)."""
+        arrays = {k: to_host(v, k) for k, v in self.arrays.items()}
+        return arrays, {"kind": "solver", "model": model.checkpoint_meta(), "solver": self.meta}
 
     # ------------------------------------------------------------------ state -> solver
     def settings(self) -> dict:

@@ -16,6 +16,7 @@ from portnn import schedules
 from portnn.data import load_digits
 from portnn.io import load_arrays
 from portnn.training_state import PROGRESS, SETTINGS, TrainingState
+from tests.checkpoint_helpers import read_manifest, rewrite_manifest
 from tests.helpers import assert_on_backend, to_np
 from tests.test_divergence import poison
 
@@ -65,9 +66,10 @@ def test_files_are_npz_and_json_without_pickle(digits, tmp_path):
     model = trained_model("numpy", digits)
     path = str(tmp_path / "m.npz")
     portnn.save(model, path)
-    manifest = json.loads(open(path + ".json").read())
-    assert manifest["format"] == "portnn-checkpoint" and manifest["version"] == 2
+    manifest = read_manifest(path)  # inside the .npz: one file, one atomic rename
+    assert manifest["format"] == "portnn-checkpoint" and manifest["version"] == 3
     assert manifest["meta"]["model"]["class"] == "FullyConnectedNet"
+    assert json.loads(open(path + ".json").read()) == manifest  # the informational copy
     with np.load(path, allow_pickle=False) as z:  # loads with pickle off
         assert "model.W1" in z.files and "model.bn1.running_var" in z.files
 
@@ -280,12 +282,10 @@ def test_version_1_checkpoint_loads_and_resumes(digits, tmp_path):
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("version", [0, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 4, "3", None])
 def test_unknown_version_is_refused(digits, tmp_path, version):
     path = str(tmp_path / "s.npz")
     portnn.save(_solver(digits, 1).train(), path)
-    manifest = json.loads(open(path + ".json").read())
-    manifest["version"] = version
-    open(path + ".json", "w").write(json.dumps(manifest))
-    with pytest.raises(ValueError, match=rf"format version {version!r}, this portnn reads versions 1, 2"):
+    rewrite_manifest(path, lambda m: dict(m, version=version))
+    with pytest.raises(ValueError, match=rf"format version {version!r}, this portnn reads versions 1, 2, 3"):
         portnn.load(path, data=digits)

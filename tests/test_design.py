@@ -17,6 +17,7 @@ ROOT = pathlib.Path(portnn.__file__).parent
 LEVELS = {
     "backends": 0,
     "_checks": 1,
+    "checkpoint_file": 2,
     "random": 2, "_windows": 2,
     "layers": 3, "optim": 3, "schedules": 3,
     "layer_utils": 4, "data": 4,

@@ -190,9 +190,9 @@ def test_resume_equals_uninterrupted_run_and_only_rank_0_writes(digits64, tmp_pa
 
     full = run(2, lambda c: make(c, 4).train())
     writers = []
-    real_save = portnn.io.save
-    monkeypatch.setattr(portnn.io, "save", lambda obj, path: (writers.append(threading.current_thread().name),
-                                                              real_save(obj, path)))
+    real_write = portnn.Solver.write_checkpoint
+    monkeypatch.setattr(portnn.Solver, "write_checkpoint",
+                        lambda self, path: (writers.append(threading.current_thread().name), real_write(self, path)))
     run(2, lambda c: make(c, 2, str(tmp_path / "ck")).train())
     assert writers == ["rank0", "rank0"]
     resumed = run(2, lambda c: portnn.load(str(tmp_path / "ck_epoch_2.npz"), data=data, comm=c, num_epochs=4,

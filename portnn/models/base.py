@@ -7,8 +7,8 @@ import inspect
 import math
 
 from .. import random as prandom
-from ..backends import get_backend
 from .._checks import check_float_in, check_labels, dtype_str, float_dtype_name, to_host
+from ..backends import get_backend
 from ..data.batches import predict_labels
 
 
@@ -142,6 +142,11 @@ class Model:
     def load_buffers(self, buffers: dict) -> None:
         if buffers:
             raise KeyError(f"unexpected buffers {sorted(buffers)}")
+
+    def checkpoint_meta(self) -> dict:
+        """What rebuilds this model from a checkpoint: class name, constructor
+        arguments (``config``) and the dropout position (``rng_step``)."""
+        return {"class": type(self).__name__, "config": self.config, "rng_step": self.rng_step}
 
     def state_dict(self) -> dict:
         """Params and buffers as name -> backend array (no copies: arrays are never
