@@ -1,4 +1,5 @@
-"""conv_forward / conv_backward on every backend: loop oracle, numerical gradients,
+"""conv_forward / conv_backward on every backend: the layer harness (loop oracle, numerical
+gradients, parity, strided inputs, dtypes) and the loop backward,
 float32 parity, chunking (equal to rounding), a memory bound and the public-boundary errors."""
 
 import functools
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from portnn.layers.conv import conv_backward, conv_forward
-from tests.helpers import assert_on_backend, numerical_gradient, rel_error
+from tests.helpers import assert_on_backend, to_np, tolerance
+from tests.layer_harness import DTYPES, assert_close, check_layer
 
 # (x shape, w shape, stride, pad): 1x1, 3x3, 7x7, non-square kernels and inputs,
 # strides 1/2/3 (3 leaves a floor remainder), pads 0/1/3, kernel == padded input.
@@ -72,16 +74,6 @@ def case(k):
     return x, w, b, dout, out, grads
 
 
-@functools.lru_cache(maxsize=None)
-def numeric_grads(k):
-    """Central-difference gradients of sum(conv(x, w, b) * dout), on the host in float64."""
-    x, w, b, dout, _, _ = case(k)
-    x, w, b = x.copy(), w.copy(), b.copy()
-    param = {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]}
-    loss = lambda: float(np.sum(conv_forward(x, w, b, param)[0] * dout))  # noqa: E731
-    return tuple(numerical_gradient(loss, a) for a in (x, w, b))
-
-
 def run(backend, x, w, b, dout, param, dtype="float64", need_dx=True):
     xb, wb, bb, db = (backend.asarray(a, dtype=dtype) for a in (x, w, b, dout))
     out, cache = conv_forward(xb, wb, bb, dict(param))
@@ -95,53 +87,32 @@ def run(backend, x, w, b, dout, param, dtype="float64", need_dx=True):
 # -- correctness ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=IDS)
-def test_matches_loop_oracle(backend, k):
-    x, w, b, dout, out_ref, grads_ref = case(k)
-    out, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
-    assert out.shape == out_ref.shape and out.dtype == np.float64
-    np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
-    for name, g, r in zip(("dx", "dw", "db"), grads, grads_ref, strict=True):
-        assert g.shape == r.shape, name
-        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=name)
+# CONFIGS, plus a larger stride-2 case (it was the float32 parity case).
+LAYER_CASES = CONFIGS + [((3, 4, 9, 8), (5, 4, 3, 3), 2, 1)]
+LAYER_IDS = IDS + ["x3x4x9x8-w3x3-s2-p1"]
 
 
-@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=IDS)
-def test_numerical_gradient(backend, k):
-    x, w, b, dout, _, _ = case(k)
-    _, grads = run(backend, x, w, b, dout, {"stride": CONFIGS[k][2], "pad": CONFIGS[k][3]})
-    for name, g, num in zip(("dx", "dw", "db"), grads, numeric_grads(k), strict=True):
-        assert rel_error(g, num) < 1e-7, (name, rel_error(g, num))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", range(len(LAYER_CASES)), ids=LAYER_IDS)
+def test_conv_layer(backend, k, dtype):
+    """The layer harness (loop oracle, numerical gradients, numpy parity, strided
+    inputs, dtypes), and the gradients against the loop backward too."""
+    xs, ws, stride, pad = LAYER_CASES[k]
+    param = {"stride": stride, "pad": pad}
+    res = check_layer(backend, dtype, forward=lambda x, w, b: conv_forward(x, w, b, dict(param)),
+                      backward=conv_backward, seed=100 + k, numerical_on="numpy",
+                      reference=lambda x, w, b: naive_conv_forward(x, w, b, stride, pad),
+                      inputs=lambda rng: (rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])))
+    x, w, _ = (a.astype(np.float64) for a in res.host)
+    expected = naive_conv_backward(to_np(res.dout).astype(np.float64), x, w, stride, pad)
+    for name, g, r in zip(("dx", "dw", "db"), res.grads, expected, strict=True):
+        assert_close(g, r, dtype, name)
 
 
 def test_default_conv_param_is_stride1_pad0(backend):
     x, w, b, dout, _, _ = case(2)
     out_default, _ = run(backend, x, w, b, dout, {})
-    np.testing.assert_allclose(out_default, naive_conv_forward(x, w, b, 1, 0), rtol=1e-12, atol=1e-12)
-
-
-def test_float32_parity_and_dtype(backend):
-    xs, ws, stride, pad = (3, 4, 9, 8), (5, 4, 3, 3), 2, 1
-    rng = np.random.default_rng(7)
-    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-    param = {"stride": stride, "pad": pad}
-    out64 = naive_conv_forward(x, w, b, stride, pad)
-    dout = rng.standard_normal(out64.shape)
-    # reference: numpy float32 (the parity target) and the float64 oracle
-    out_np, grads_np = run(get_numpy(), x, w, b, dout, param, dtype="float32")
-    out, grads = run(backend, x, w, b, dout, param, dtype="float32")
-    assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
-    np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-4)
-    for g, r, r64 in zip(grads, grads_np, naive_conv_backward(dout, x, w, stride, pad), strict=True):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(g, r64, rtol=1e-4, atol=1e-4)
-
-
-def get_numpy():
-    from portnn.backends import get_backend
-
-    return get_backend("numpy")
+    np.testing.assert_allclose(out_default, naive_conv_forward(x, w, b, 1, 0), **tolerance("float64"))
 
 
 def test_need_dx_false_skips_dx(backend):
@@ -149,8 +120,8 @@ def test_need_dx_false_skips_dx(backend):
     param = {"stride": CONFIGS[0][2], "pad": CONFIGS[0][3]}
     _, (dx, dw, db) = run(backend, x, w, b, dout, param, need_dx=False)
     assert dx is None
-    np.testing.assert_allclose(dw, grads_ref[1], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, grads_ref[1], **tolerance("float64"))
+    np.testing.assert_allclose(db, grads_ref[2], **tolerance("float64"))
 
 
 # -- the two gradient algorithms --------------------------------------------
@@ -185,10 +156,10 @@ def test_gradient_algorithms_match_oracle(backend, k, algorithm):
         if max_bytes is not None:
             param["max_col_bytes"] = max_bytes
         out, (dx, dw, db) = run(backend, x, w, b, dout, param)
-        np.testing.assert_allclose(out, out_ref, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(out, out_ref, **tolerance("float64"))
+        np.testing.assert_allclose(dx, dx_ref, **tolerance("float64"))
+        np.testing.assert_allclose(dw, dw_ref, **tolerance("float64"))
+        np.testing.assert_allclose(db, db_ref, **tolerance("float64"))
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -211,8 +182,8 @@ def test_need_dx_false_with_either_algorithm(backend, algorithm):
             param["max_col_bytes"] = max_bytes
         _, (dx, dw, db) = run(backend, x, w, b, dout, param, need_dx=False)
         assert dx is None
-        np.testing.assert_allclose(dw, grads_ref[1], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(db, grads_ref[2], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw, grads_ref[1], **tolerance("float64"))
+        np.testing.assert_allclose(db, grads_ref[2], **tolerance("float64"))
 
 
 @pytest.mark.parametrize("xs,ws,stride,pad,expected", [
@@ -253,7 +224,7 @@ def test_chunked_equals_unchunked(backend, need_dx):
             if r is None:
                 assert a is None
             else:
-                np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(a, r, **tolerance("float64"))
 
 
 def test_chunked_peak_memory_is_bounded():
@@ -288,9 +259,9 @@ def test_chunked_peak_memory_is_bounded():
     # the same call without the bound holds the whole column matrix (the test discriminates)
     out_u, grads_u, fwd_u, bwd_u = peaks(param)
     assert fwd_u > col_bytes > 2 * bound
-    np.testing.assert_allclose(out_c, out_u, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out_c, out_u, **tolerance("float64"))
     for g, r in zip(grads_c, grads_u, strict=True):
-        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g, r, **tolerance("float64"))
     print(f"working size {work / 2**20:.2f} MiB, columns {col_bytes / 2**20:.2f} MiB; chunked peak "
           f"fwd {fwd_c / 2**20:.2f} MiB, bwd {bwd_c / 2**20:.2f} MiB (bound {bound / 2**20:.2f}); "
           f"unchunked fwd {fwd_u / 2**20:.2f} MiB, bwd {bwd_u / 2**20:.2f} MiB")

@@ -1,38 +1,28 @@
-"""affine and relu layers: oracles, gradient checks, parity, errors, on every backend."""
+"""affine and relu layers on every backend: the layer harness (loop oracle, numerical
+gradients, numpy parity, non-contiguous inputs, dtypes), need_dx, errors."""
+
+import math
 
 import numpy as np
 import pytest
 
 from portnn.layers import affine_backward, affine_forward, relu_backward, relu_forward
-from tests.helpers import assert_on_backend, numeric_grad, put, rel_error, to_np
+from tests.helpers import put, to_np, tolerance
+from tests.layer_harness import DTYPES, check_layer
 
 
-def test_affine_forward_matches_oracle(backend, rng):
-    x = rng.standard_normal((4, 2, 3))
-    w = rng.standard_normal((6, 5))
-    b = rng.standard_normal(5)
-    out, _ = affine_forward(*put(backend, x, w, b))
-    assert_on_backend(out, backend)
-    expected = np.array([[sum(x[n].reshape(-1)[d] * w[d, m] for d in range(6)) + b[m]
-                          for m in range(5)] for n in range(4)])
-    np.testing.assert_allclose(to_np(out), expected, rtol=1e-12)
+def affine_oracle(x, w, b):
+    return np.array([[sum(x[n].reshape(-1)[d] * w[d, m] for d in range(w.shape[0])) + b[m]
+                      for m in range(w.shape[1])] for n in range(x.shape[0])])
 
 
-def test_affine_gradients(backend, rng):
-    x = rng.standard_normal((3, 2, 2))
-    w = rng.standard_normal((4, 5))
-    b = rng.standard_normal(5)
-    dout = rng.standard_normal((3, 5))
-    xb, wb, bb = put(backend, x, w, b)
-    _, cache = affine_forward(xb, wb, bb)
-    dx, dw, db = affine_backward(put(backend, dout), cache)
-    for g in (dx, dw, db):
-        assert_on_backend(g, backend)
-    def fwd(xa, wa, ba):
-        return to_np(affine_forward(*put(backend, xa, wa, ba))[0])
-    assert rel_error(to_np(dx), numeric_grad(lambda a: fwd(a, w, b), x, dout)) < 1e-7
-    assert rel_error(to_np(dw), numeric_grad(lambda a: fwd(x, a, b), w, dout)) < 1e-7
-    assert rel_error(to_np(db), numeric_grad(lambda a: fwd(x, w, a), b, dout)) < 1e-7
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape,m", [((4, 2, 3), 5), ((3, 2, 2), 5), ((8, 7), 3)])
+def test_affine(backend, dtype, x_shape, m):
+    d = math.prod(x_shape[1:])
+    check_layer(backend, dtype, forward=affine_forward, backward=affine_backward, reference=affine_oracle,
+                inputs=lambda rng: (rng.standard_normal(x_shape), rng.standard_normal((d, m)),
+                                    rng.standard_normal(m)))
 
 
 def test_affine_skip_dx(backend, rng):
@@ -40,28 +30,33 @@ def test_affine_skip_dx(backend, rng):
     _, cache = affine_forward(*put(backend, x, w, b))
     dx, dw, _ = affine_backward(put(backend, dout), cache, need_dx=False)
     assert dx is None
-    np.testing.assert_allclose(to_np(dw), x.T @ dout, rtol=1e-12)
+    np.testing.assert_allclose(to_np(dw), x.T @ dout, **tolerance("float64"))
 
 
-def test_relu_forward_backward(backend, rng):
-    x = rng.standard_normal((5, 6))
-    dout = rng.standard_normal((5, 6))
-    out, cache = relu_forward(put(backend, x))
-    assert_on_backend(out, backend)
-    np.testing.assert_array_equal(to_np(out), np.maximum(x, 0))
-    dx = relu_backward(put(backend, dout), cache)
-    np.testing.assert_array_equal(to_np(dx), dout * (x > 0))
-    num = numeric_grad(lambda a: to_np(relu_forward(put(backend, a))[0]), x, dout)
-    assert rel_error(to_np(dx), num) < 1e-7
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu(backend, dtype):
+    run = check_layer(backend, dtype, inputs=lambda rng: rng.standard_normal((5, 6)),
+                      forward=relu_forward, backward=relu_backward, reference=lambda x: np.maximum(x, 0))
+    (x,), dout = run.host, to_np(run.dout)
+    np.testing.assert_array_equal(to_np(run.out), np.maximum(x, 0))  # exact: a copy or a zero
+    np.testing.assert_array_equal(to_np(run.grads[0]), dout * (x > 0))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_affine_relu_parity_and_dtype(backend, rng, dtype):
-    x, w, b = rng.standard_normal((8, 7)), rng.standard_normal((7, 3)), rng.standard_normal(3)
-    out, _ = relu_forward(affine_forward(*put(backend, x, w, b, dtype=dtype))[0])
-    assert out.dtype == backend.dtype(dtype)
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(to_np(out), np.maximum(x @ w + b, 0), rtol=tol, atol=tol)
+def affine_relu_forward(x, w, b):
+    a, c1 = affine_forward(x, w, b)
+    out, c2 = relu_forward(a)
+    return out, (c1, c2)
+
+
+def affine_relu_backward(dout, cache):
+    return affine_backward(relu_backward(dout, cache[1]), cache[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_then_relu(backend, dtype):
+    check_layer(backend, dtype, forward=affine_relu_forward, backward=affine_relu_backward,
+                reference=lambda x, w, b: np.maximum(x @ w + b, 0),
+                inputs=lambda rng: (rng.standard_normal((8, 7)), rng.standard_normal((7, 3)), rng.standard_normal(3)))
 
 
 def test_affine_bad_inputs(backend, rng):

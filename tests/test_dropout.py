@@ -1,11 +1,13 @@
-"""Inverted dropout: statistics, seeded masks identical across backends, gradients."""
+"""Inverted dropout: statistics, seeded masks identical across backends, and the layer
+harness (numerical gradients with a fixed mask, parity, non-contiguous inputs, dtypes)."""
 
 import numpy as np
 import pytest
 
 from portnn.backends import get_backend
 from portnn.layers import dropout_backward, dropout_forward
-from tests.helpers import assert_on_backend, numeric_grad, put, rel_error, to_np
+from tests.helpers import assert_on_backend, put, to_np, tolerance
+from tests.layer_harness import DTYPES, check_layer
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.9])
@@ -17,7 +19,7 @@ def test_keep_ratio_and_scaling(backend, rng, p):
     kept = o != 0
     n = kept.size
     assert abs(kept.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
-    np.testing.assert_allclose(o[kept], x[kept] / p, rtol=1e-12)
+    np.testing.assert_allclose(o[kept], x[kept] / p, **tolerance("float64"))
     out_t, _ = dropout_forward(put(backend, x), {"p": p, "mode": "test"})
     np.testing.assert_array_equal(to_np(out_t), x)
 
@@ -39,19 +41,18 @@ def test_unseeded_masks_differ(backend):
     assert not np.array_equal(to_np(a), to_np(b))
 
 
-def test_dropout_gradient(backend, rng):
-    x, dout = rng.standard_normal((6, 5)), rng.standard_normal((6, 5))
-    param = {"p": 0.7, "mode": "train", "seed": 1}
-    _, cache = dropout_forward(put(backend, x), param)
-    dx = dropout_backward(put(backend, dout), cache)
-    num = numeric_grad(lambda a: to_np(dropout_forward(put(backend, a), dict(param))[0]), x, dout)
-    assert rel_error(to_np(dx), num) < 1e-7
-
-
-def test_float32_kept(backend, rng):
-    out, _ = dropout_forward(put(backend, rng.standard_normal((4, 4)), dtype="float32"),
-                             {"p": 0.5, "mode": "train", "seed": 0})
-    assert out.dtype == backend.dtype("float32")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,param", [
+    ((6, 5), {"p": 0.7, "mode": "train", "seed": 1}),
+    ((4, 4), {"p": 0.5, "mode": "train", "seed": 0}),
+    ((4, 4), {"p": 0.5, "mode": "test"}),   # identity: out is x, dx is dout
+    ((3, 4), {"p": 1.0, "mode": "train"}),  # keeps everything: no mask
+])
+def test_dropout_layer(backend, dtype, shape, param):
+    """A seeded mask is fixed: the numerical gradient sees the mask the backward uses,
+    and numpy (parity) draws the same mask. No reference: the mask is checked above."""
+    check_layer(backend, dtype, inputs=lambda rng: rng.standard_normal(shape),
+                forward=lambda x: dropout_forward(x, dict(param)), backward=dropout_backward)
 
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan"), None])

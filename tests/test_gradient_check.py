@@ -85,7 +85,6 @@ def test_numerical_gradient_zero_dim_and_verbose(backend, capsys):
 
 
 def test_numerical_gradient_bad_inputs(backend):
-    xp = backend.xp
     with pytest.raises(TypeError, match="x"):
         eval_numerical_gradient(lambda a: 0.0, [1.0, 2.0])
     with pytest.raises(TypeError, match="float32 or float64"):

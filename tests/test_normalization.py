@@ -1,15 +1,22 @@
-"""Batch / layer / spatial batch / group norm: one core, checked against loop oracles."""
+"""Batch / layer / spatial batch / group norm: one core, each layer through the layer
+harness (loop oracles, numerical gradients, parity, non-contiguous inputs, dtypes)."""
 
 import numpy as np
 import pytest
 
 from portnn.layers import (
-    batchnorm_backward, batchnorm_backward_alt, batchnorm_forward,
-    layernorm_backward, layernorm_forward,
-    spatial_batchnorm_backward, spatial_batchnorm_forward,
-    spatial_groupnorm_backward, spatial_groupnorm_forward,
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
 )
-from tests.helpers import assert_on_backend, numeric_grad, put, rel_error, to_np
+from tests.helpers import assert_on_backend, put, to_np, tolerance
+from tests.layer_harness import DTYPES, check_layer
 
 
 def standardise(v, eps=1e-5):
@@ -47,90 +54,78 @@ def gn_oracle(x, g, b, G):
     return out * g + b
 
 
-def _grad_check(backend, fwd, bwd, arrays, dout):
-    """fwd(*backend arrays) -> out; checks every gradient bwd returns numerically."""
-    out, cache = fwd(*put(backend, *arrays))
-    grads = bwd(put(backend, dout), cache)
-    for k, g in enumerate(grads):
-        assert_on_backend(g, backend)
-        def f(a, k=k):
-            args = list(arrays)
-            args[k] = a
-            return to_np(fwd(*put(backend, *args))[0])
-        num = numeric_grad(f, arrays[k], dout)
-        assert rel_error(to_np(g), num) < 1e-6, f"gradient {k}"
+def normal(*shape, scale=1.0, shift=0.0):
+    return lambda rng: rng.standard_normal(shape) * scale + shift
 
 
-def test_batchnorm_train_forward_and_running_stats(backend, rng):
+def inputs(x, *params):
+    """Input generator: x, then the parameter arrays (each a generator too)."""
+    return lambda rng: (x(rng), *(p(rng) for p in params))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bwd", [batchnorm_backward, batchnorm_backward_alt])
+@pytest.mark.parametrize("x_shape,scale,shift", [((7, 4), 3.0, 2.0), ((5, 3), 1.0, 0.0), ((16, 8), 1.0, 0.0)])
+def test_batchnorm_train(backend, dtype, bwd, x_shape, scale, shift):
+    d = x_shape[1]
+    check_layer(backend, dtype, forward=lambda x, g, b: batchnorm_forward(x, g, b, {"mode": "train"}),
+                backward=bwd, reference=bn_oracle,
+                inputs=inputs(normal(*x_shape, scale=scale, shift=shift), normal(d), normal(d)))
+
+
+def test_batchnorm_running_stats_and_test_mode(backend, rng):
     x = rng.standard_normal((7, 4)) * 3 + 2
     g, b = rng.standard_normal(4), rng.standard_normal(4)
     bn_param = {"mode": "train"}
-    out, _ = batchnorm_forward(*put(backend, x, g, b), bn_param)
-    assert_on_backend(out, backend)
-    np.testing.assert_allclose(to_np(out), bn_oracle(x, g, b), rtol=1e-10, atol=1e-12)
+    batchnorm_forward(*put(backend, x, g, b), bn_param)
     assert_on_backend(bn_param["running_mean"], backend)
-    np.testing.assert_allclose(to_np(bn_param["running_mean"]), 0.1 * x.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(to_np(bn_param["running_var"]), 0.1 * x.var(0), rtol=1e-12)
+    np.testing.assert_allclose(to_np(bn_param["running_mean"]), 0.1 * x.mean(0), **tolerance("float64"))
+    np.testing.assert_allclose(to_np(bn_param["running_var"]), 0.1 * x.var(0), **tolerance("float64"))
     bn_param["mode"] = "test"
     out_t, _ = batchnorm_forward(*put(backend, x, g, b), bn_param)
     expected = g * (x - 0.1 * x.mean(0)) / np.sqrt(0.1 * x.var(0) + 1e-5) + b
-    np.testing.assert_allclose(to_np(out_t), expected, rtol=1e-10)
+    np.testing.assert_allclose(to_np(out_t), expected, **tolerance("float64"))
 
 
-@pytest.mark.parametrize("bwd", [batchnorm_backward, batchnorm_backward_alt])
-def test_batchnorm_gradients(backend, rng, bwd):
-    x, g, b = rng.standard_normal((5, 3)), rng.standard_normal(3), rng.standard_normal(3)
-    _grad_check(backend, lambda *a: batchnorm_forward(*a, {"mode": "train"}), bwd,
-                [x, g, b], rng.standard_normal((5, 3)))
+def bn_test_mode_forward(x, g, b, rm, rv):
+    return batchnorm_forward(x, g, b, {"mode": "test", "running_mean": rm, "running_var": rv})
 
 
-def test_batchnorm_test_mode_gradient(backend, rng):
-    x, g, b = rng.standard_normal((5, 3)), rng.standard_normal(3), rng.standard_normal(3)
-    rm, rv = rng.standard_normal(3), rng.random(3) + 0.5
-    def fwd(xa, ga, ba):
-        p = {"mode": "test", "running_mean": put(backend, rm), "running_var": put(backend, rv)}
-        return batchnorm_forward(xa, ga, ba, p)
-    _grad_check(backend, fwd, batchnorm_backward, [x, g, b], rng.standard_normal((5, 3)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_test_mode(backend, dtype):
+    check_layer(backend, dtype, forward=bn_test_mode_forward, backward=batchnorm_backward, wrt=(0, 1, 2),
+                reference=lambda x, g, b, rm, rv: g * (x - rm) / np.sqrt(rv + 1e-5) + b,
+                inputs=lambda rng: (rng.standard_normal((5, 3)), rng.standard_normal(3), rng.standard_normal(3),
+                                    rng.standard_normal(3), rng.random(3) + 0.5))
 
 
-def test_layernorm(backend, rng):
-    x, g, b = rng.standard_normal((4, 6)) * 2, rng.standard_normal(6), rng.standard_normal(6)
-    out, _ = layernorm_forward(*put(backend, x, g, b), {})
-    np.testing.assert_allclose(to_np(out), ln_oracle(x, g, b), rtol=1e-10, atol=1e-12)
-    _grad_check(backend, lambda *a: layernorm_forward(*a, {}), layernorm_backward,
-                [x, g, b], rng.standard_normal((4, 6)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm(backend, dtype):
+    check_layer(backend, dtype, forward=lambda x, g, b: layernorm_forward(x, g, b, {}),
+                backward=layernorm_backward, reference=ln_oracle,
+                inputs=inputs(normal(4, 6, scale=2.0), normal(6), normal(6)))
 
 
-def test_spatial_batchnorm(backend, rng):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spatial_batchnorm(backend, dtype):
+    check_layer(backend, dtype, forward=lambda x, g, b: spatial_batchnorm_forward(x, g, b, {"mode": "train"}),
+                backward=spatial_batchnorm_backward, reference=sbn_oracle,
+                inputs=inputs(normal(3, 2, 4, 5, scale=2.0, shift=1.0), normal(2), normal(2)))
+
+
+def test_spatial_batchnorm_running_mean(backend, rng):
     x = rng.standard_normal((3, 2, 4, 5)) * 2 + 1
-    g, b = rng.standard_normal(2), rng.standard_normal(2)
     p = {"mode": "train"}
-    out, _ = spatial_batchnorm_forward(*put(backend, x, g, b), p)
-    np.testing.assert_allclose(to_np(out), sbn_oracle(x, g, b), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(to_np(p["running_mean"]), 0.1 * x.mean((0, 2, 3)), rtol=1e-12)
-    _grad_check(backend, lambda *a: spatial_batchnorm_forward(*a, {"mode": "train"}),
-                spatial_batchnorm_backward, [x, g, b], rng.standard_normal(x.shape))
+    spatial_batchnorm_forward(*put(backend, x, rng.standard_normal(2), rng.standard_normal(2)), p)
+    np.testing.assert_allclose(to_np(p["running_mean"]), 0.1 * x.mean((0, 2, 3)), **tolerance("float64"))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("G", [1, 2, 6])
-def test_spatial_groupnorm(backend, rng, G):
-    x = rng.standard_normal((2, 6, 3, 2)) * 2 + 1
-    g, b = rng.standard_normal((1, 6, 1, 1)), rng.standard_normal((1, 6, 1, 1))
-    out, _ = spatial_groupnorm_forward(*put(backend, x, g, b), G, {})
-    np.testing.assert_allclose(to_np(out), gn_oracle(x, g, b, G), rtol=1e-10, atol=1e-12)
-    _grad_check(backend, lambda *a: spatial_groupnorm_forward(*a, G, {}),
-                spatial_groupnorm_backward, [x, g, b], rng.standard_normal(x.shape))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_float32_parity(backend, rng, dtype):
-    x, g, b = rng.standard_normal((16, 8)), rng.standard_normal(8), rng.standard_normal(8)
-    out, cache = batchnorm_forward(*put(backend, x, g, b, dtype=dtype), {"mode": "train"})
-    dx, dg, db = batchnorm_backward(put(backend, np.ones((16, 8)), dtype=dtype), cache)
-    for a in (out, dx, dg, db):
-        assert a.dtype == backend.dtype(dtype)
-    tol = 1e-4 if dtype == "float32" else 1e-10
-    np.testing.assert_allclose(to_np(out), bn_oracle(x, g, b), rtol=tol, atol=tol)
+def test_spatial_groupnorm(backend, dtype, G):
+    check_layer(backend, dtype, forward=lambda x, g, b: spatial_groupnorm_forward(x, g, b, G, {}),
+                backward=spatial_groupnorm_backward, reference=lambda x, g, b: gn_oracle(x, g, b, G),
+                inputs=inputs(normal(2, 6, 3, 2, scale=2.0, shift=1.0), normal(1, 6, 1, 1), normal(1, 6, 1, 1)))
 
 
 def test_normalization_errors(backend, rng):

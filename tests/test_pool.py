@@ -1,5 +1,6 @@
-"""max_pool_forward / max_pool_backward on every backend: first-max loop oracle,
-numerical gradients, ties, adjacent (non-overlapping) windows, float32, errors."""
+"""max_pool_forward / max_pool_backward on every backend: first-max loop oracle, the
+layer harness (numerical gradients, parity, strided inputs, float32/float64), ties,
+adjacent (non-overlapping) windows, errors."""
 
 import functools
 
@@ -8,7 +9,8 @@ import pytest
 
 from portnn._windows import window_max, window_max_grad
 from portnn.layers.pool import max_pool_backward, max_pool_forward
-from tests.helpers import assert_on_backend, numerical_gradient, rel_error
+from tests.helpers import assert_on_backend, to_np
+from tests.layer_harness import DTYPES, assert_close, check_layer
 
 # (x shape, pool_height, pool_width, stride)
 CONFIGS = [
@@ -85,27 +87,33 @@ def test_matches_first_max_oracle(backend, k):
     assert out.shape == out_ref.shape and out.dtype == np.float64
     assert np.array_equal(out, out_ref)
     assert dx.shape == x.shape
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)  # tighter than tolerance(): first-max routing is exact
 
 
-@functools.lru_cache(maxsize=None)
-def distinct_case(k):
-    """Distinct values 0.01 apart (no ties, no kinks within h) and the numerical gradient."""
-    xs, ph, pw, s = CONFIGS[k]
-    rng = np.random.default_rng(300 + k)
-    x = (rng.permutation(int(np.prod(xs))) * 0.01).reshape(xs) + rng.uniform(0, 1e-3, xs)
-    Ho, Wo = 1 + (xs[2] - ph) // s, 1 + (xs[3] - pw) // s
-    dout = rng.standard_normal((xs[0], xs[1], Ho, Wo))
-    xh = x.copy()
-    num = numerical_gradient(lambda: float(np.sum(naive_pool(xh, ph, pw, s)[0] * dout)), xh)
-    return x, dout, num
+def distinct(shape):
+    """Distinct values 0.01 apart (no ties, no kinks within h)."""
+    return lambda rng: (rng.permutation(int(np.prod(shape))) * 0.01).reshape(shape) + rng.uniform(0, 1e-3, shape)
 
 
-@pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 6], ids=[IDS[k] for k in (0, 1, 2, 3, 5, 6)])
-def test_numerical_gradient(backend, k):
-    x, dout, num = distinct_case(k)
-    _, dx = run(backend, x, dout, pp(*CONFIGS[k][1:]))
-    assert rel_error(dx, num) < 1e-7
+# (x shape, pool_height, pool_width, stride, input generator, seed)
+LAYER_CASES = [(*CONFIGS[k], distinct(CONFIGS[k][0]), 300 + k) for k in (0, 1, 2, 3, 5, 6)] + [
+    ((3, 4, 9, 10), 2, 2, 2, lambda rng: rng.standard_normal((3, 4, 9, 10)), 17),
+    ((3, 4, 9, 10), 3, 3, 2, lambda rng: rng.standard_normal((3, 4, 9, 10)), 17),
+]
+LAYER_IDS = [IDS[k] for k in (0, 1, 2, 3, 5, 6)] + ["x9x10-2x2-s2-normal", "x9x10-3x3-s2-normal"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ph,pw,s,inputs,seed", LAYER_CASES, ids=LAYER_IDS)
+def test_pool_layer(backend, dtype, xs, ph, pw, s, inputs, seed):
+    """The layer harness (loop oracle, numerical gradients, parity, strided inputs,
+    dtypes); a max is a copy, so the output is also exactly the oracle's."""
+    res = check_layer(backend, dtype, inputs=inputs, seed=seed, numerical_on="numpy",
+                      forward=lambda x: max_pool_forward(x, pp(ph, pw, s)), backward=max_pool_backward,
+                      reference=lambda x: naive_pool(x, ph, pw, s)[0])
+    np.testing.assert_array_equal(to_np(res.out), naive_pool(res.host[0], ph, pw, s)[0].astype(dtype))
+    dx_ref = naive_pool(res.host[0].astype(np.float64), ph, pw, s, to_np(res.dout).astype(np.float64))[1]
+    assert_close(res.grads[0], dx_ref, dtype, "dx vs the loop backward")
 
 
 @pytest.mark.parametrize("ph,pw,s", [(2, 2, 2), (3, 3, 2), (3, 3, 1)])
@@ -152,22 +160,6 @@ def test_adjacent_windows_match_first_max_oracle(backend, shape, k):
     assert np.array_equal(backend.to_numpy(dx), dx_ref)
 
 
-def test_float32_stays_float32_and_matches_numpy(backend):
-    rng = np.random.default_rng(17)
-    x = rng.standard_normal((3, 4, 9, 10))
-    for ph, pw, s in [(2, 2, 2), (3, 3, 2)]:
-        Ho, Wo = 1 + (9 - ph) // s, 1 + (10 - pw) // s
-        dout = rng.standard_normal((3, 4, Ho, Wo))
-        out, dx = run(backend, x, dout, pp(ph, pw, s), dtype="float32")
-        out_np, dx_np = run(get_numpy(), x, dout, pp(ph, pw, s), dtype="float32")
-        assert out.dtype == np.float32 and dx.dtype == np.float32
-        np.testing.assert_allclose(out, out_np, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(dx, dx_np, rtol=1e-5, atol=1e-5)
-        out64, dx64 = naive_pool(x.astype(np.float32).astype(np.float64), ph, pw, s, dout)
-        np.testing.assert_allclose(out, out64, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(dx, dx64, rtol=1e-5, atol=1e-5)
-
-
 def get_numpy():
     from portnn.backends import get_backend
 
@@ -182,7 +174,7 @@ def test_large_window_offsets_beyond_int8():
     out, dx = run(get_numpy(), x, dout, pp(12, 12, 1))
     out_ref, dx_ref = naive_pool(x, 12, 12, 1, dout)
     assert np.array_equal(out, out_ref)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)  # tighter than tolerance(): first-max routing is exact
 
 
 def test_forward_output_is_not_a_view_of_x():

@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 from portnn import layers as L  # noqa: E402
 from portnn.backends import get_backend  # noqa: E402
-from tests.helpers import numeric_grad, to_np  # noqa: E402
+from portnn.gradient_check import eval_numerical_gradient_array  # noqa: E402
+from tests.helpers import to_np  # noqa: E402
 
 NP = get_backend("numpy")
 STRICT = get_backend("array_api_strict")
@@ -75,8 +76,8 @@ def test_conv_gradient_check(case):
     out, cache = L.conv_forward(x, w, b, param)
     dout = np.random.default_rng(seed + 1).standard_normal(out.shape)
     dx, dw, db = L.conv_backward(dout, cache)
-    assert grad_close(dx, numeric_grad(lambda a: L.conv_forward(a, w, b, param)[0], x, dout))
-    assert grad_close(dw, numeric_grad(lambda a: L.conv_forward(x, a, b, param)[0], w, dout))
+    assert grad_close(dx, eval_numerical_gradient_array(lambda a: L.conv_forward(a, w, b, param)[0], x, dout, h=1e-6))
+    assert grad_close(dw, eval_numerical_gradient_array(lambda a: L.conv_forward(x, a, b, param)[0], w, dout, h=1e-6))
 
 
 @given(pool_case())
@@ -110,5 +111,5 @@ def test_batchnorm_layernorm_gradient_check(n, d, seed):
                         (L.layernorm_forward, L.layernorm_backward, {})):
         out, cache = fwd(x, g, b, dict(p))
         dx, dg, db = bwd(dout, cache)
-        num = numeric_grad(lambda a: fwd(a, g, b, dict(p))[0], x, dout)
+        num = eval_numerical_gradient_array(lambda a, fwd=fwd, p=p: fwd(a, g, b, dict(p))[0], x, dout, h=1e-6)
         assert grad_close(dx, num)
