@@ -17,8 +17,8 @@ from .backends import (
     set_backend,
     use_backend,
 )
-from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
 from .io import load, save
+from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
 from .solver import DivergenceError, Solver
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from portnn.backends import get_backend
-from portnn.gradient_check import eval_numerical_gradient, rel_error
+from portnn.gradient_check import eval_numerical_gradient
 from portnn.models import FullyConnectedNet, TwoLayerNet
 from tests.helpers import assert_on_backend, grad_ok, put, to_np
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st
 
 from portnn import layers as L  # noqa: E402
 from portnn.backends import get_backend  # noqa: E402

@@ -7,8 +7,8 @@ NAME = "cupy"
 
 def make(device=None) -> Backend:
     try:
-        import cupy
         import array_api_compat.cupy as xp
+        import cupy
     except Exception as e:  # ImportError, or a CUDA library failing to load
         raise BackendError(
             f"cupy: not installed or not importable ({type(e).__name__}: {e}); "

@@ -7,8 +7,8 @@ NAME = "torch"
 
 def make(device=None) -> Backend:
     try:
-        import torch
         import array_api_compat.torch as xp
+        import torch
     except ImportError as e:
         raise BackendError("torch: not installed (pip install 'portnn[torch]')") from e
     dev = torch.device(device if device is not None else "cpu")
