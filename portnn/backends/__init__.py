@@ -19,8 +19,8 @@ import threading
 import array_api_compat as aac
 import numpy as np
 
+from . import cupy_backend, jax_backend, numpy_backend, strict_backend, torch_backend
 from ._base import Backend, BackendError, dtype_str, float_dtype_name
-from . import numpy_backend, strict_backend, torch_backend, cupy_backend
 
 __all__ = [
     "Backend",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _MODULES = {
-    m.NAME: m for m in (numpy_backend, cupy_backend, torch_backend, strict_backend)
+    m.NAME: m for m in (numpy_backend, cupy_backend, torch_backend, strict_backend, jax_backend)
 }
 BACKEND_NAMES = tuple(_MODULES)
 
@@ -119,6 +119,13 @@ _NAMESPACE_OF_TYPE: dict = {}
 _SCALARS = (int, float, bool)
 
 
+def _device(a):
+    try:
+        return a.device  # the standard's attribute (torch, array_api_strict, CuPy, JAX arrays)
+    except AttributeError:  # JAX tracers under jax.jit have none; array-api-compat knows
+        return aac.device(a)
+
+
 def namespace(*arrays):
     """The Array API namespace shared by ``arrays`` (None entries and Python scalars skipped).
 
@@ -148,9 +155,9 @@ def namespace(*arrays):
             _NAMESPACE_OF_TYPE[kind] = xp
     if kind is np.ndarray:
         return xp  # NumPy has one device
-    d0 = arrs[0].device  # the standard's attribute (torch, array_api_strict, CuPy)
+    d0 = _device(arrs[0])
     for a in arrs[1:]:
-        d = a.device
+        d = _device(a)
         if d != d0:
             raise ValueError(
                 f"arrays on different devices in one call: {d0} and {d}; move them to one "
@@ -174,6 +181,7 @@ _LIBRARY_OF = (
     ("torch", aac.is_torch_array),
     ("cupy", aac.is_cupy_array),
     ("array_api_strict", _is_strict_array),
+    ("jax", aac.is_jax_array),
 )
 
 

@@ -7,8 +7,8 @@ allowed to make: ``asarray`` (host data in) and ``to_numpy`` (results out).
 
 from __future__ import annotations
 
-import numpy as np
 import array_api_compat as aac
+import numpy as np
 
 
 class BackendError(RuntimeError):
@@ -102,10 +102,11 @@ class Backend:
         host = np.asarray(obj)
         if dtype is None:
             if host.dtype.kind == "f":
-                dt = getattr(self.xp, host.dtype.name)
+                name = host.dtype.name  # float16 passes through: the layers refuse it by name
+                dt = self.dtype(name) if name in ("float32", "float64") else getattr(self.xp, name)
             elif host.dtype.kind in "iu":
-                dt = self.xp.int64
-                host = host.astype(np.int64)
+                dt = self.dtype_of(self.index_dtype)
+                host = host.astype(host_dtype(dt))
             elif host.dtype.kind == "b":
                 dt = self.xp.bool
             else:
@@ -114,6 +115,9 @@ class Backend:
             dt = self.dtype_of(dtype)
             host = host.astype(host_dtype(dt))
         return self.xp.asarray(np.require(host, requirements="C"), dtype=dt, device=self.device, copy=True)
+
+    #: dtype of integer host data (labels, indices) on this backend.
+    index_dtype = "int64"
 
     def dtype_of(self, dtype):
         """Backend dtype for float names/objects, or an integer/bool dtype of this backend."""
