@@ -1,10 +1,11 @@
-"""Numerical gradient checking for arrays of any backend (NumPy, CuPy, torch, strict).
+"""Numerical gradient checking for arrays of any backend (NumPy, CuPy, torch, strict, JAX).
 
 This is a test utility, not part of the compute path: it may use NumPy on the
-host. Device arrays are read to the host once, perturbed element by element
-with full-index ``x[idx] = value`` writes (one Python float per write), and the
+host. x is read to the host once; each entry is perturbed by +h and -h (one
+Python float per write: in place on mutable arrays, which are restored
+bit-exactly; a new array per call on immutable ones such as JAX's), and the
 numerical gradient is assembled on the host and sent back to x's backend and
-device with one ``Backend.asarray``.
+device with one ``Backend.asarray``. x is left unchanged.
 
 Use float64 inputs: with float32 and h = 1e-5 the central difference is
 dominated by rounding.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat as aac
+import array_api_extra as xpx
 import numpy as np
 
 from ._checks import check_array_beside, check_float_array, dtype_str, to_host
@@ -84,10 +87,13 @@ def _to_backend(be, host_grad, x):
 def eval_numerical_gradient(f, x, verbose=False, h=1e-5):
     """Central-difference gradient of a scalar function at x.
 
-    f       : callable, f(x) -> Python float or 0-d array. It must read x (it is
-              called with the same array, perturbed in place).
+    f       : callable, f(xp) -> Python float or 0-d array, where xp is x with one
+              entry perturbed. On mutable arrays xp IS x, perturbed in place (so
+              an f that reads x elsewhere, e.g. ``lambda _: model.loss(X, y)[0]``
+              on ``model.params["W1"]``, works); on immutable arrays (JAX) xp is a
+              new array and f must use it.
     x       : float array of shape S on any backend/device (float64 recommended);
-              restored bit-exactly before returning (also if f raises).
+              left unchanged (restored bit-exactly, also if f raises).
     verbose : print each index and its partial derivative.
     h       : step size.
     Returns grad, array of shape S with x's dtype, backend and device:
@@ -96,7 +102,7 @@ def eval_numerical_gradient(f, x, verbose=False, h=1e-5):
     h = float(h)
     return _central_differences(
         x,
-        lambda: _scalar(f(x), "eval_numerical_gradient"),
+        lambda xp: _scalar(f(xp), "eval_numerical_gradient"),
         lambda pos, neg: (pos - neg) / (2.0 * h),
         h,
         verbose,
@@ -104,21 +110,32 @@ def eval_numerical_gradient(f, x, verbose=False, h=1e-5):
 
 
 def _central_differences(x, measure, combine, h, verbose=False):
-    """Perturb each entry of x in place by +h and -h, call ``measure()`` (which reads
-    x) each time and store ``combine(pos, neg)``; x is restored bit-exactly, also
-    if measure raises. Returns the gradient on x's backend and device."""
+    """For each entry of x, call ``measure(xp)`` with x perturbed by +h and by -h and
+    store ``combine(pos, neg)``. Returns the gradient on x's backend and device.
+
+    Mutable arrays (NumPy, CuPy, torch, strict) are perturbed IN PLACE and ``xp`` is
+    x itself, so an f that reads x through another reference (the classic
+    ``lambda _: model.loss(X, y)[0]`` on ``model.params[k]``) sees the change; x
+    is restored bit-exactly, also if measure raises. Immutable arrays (JAX) get a
+    new perturbed array per call (array-api-extra's ``at``): f must use its argument.
+    Either way x is left unchanged."""
     be = _float_array_backend(x, "x")
     host = _host_copy(x)
     grad = np.zeros(host.shape, dtype=np.float64)
+    in_place = aac.is_writeable_array(x)
     for idx in np.ndindex(*host.shape):
         old = float(host[idx])
-        try:
-            x[idx] = old + h
-            pos = measure()
-            x[idx] = old - h
-            neg = measure()
-        finally:
-            x[idx] = old  # exact: old came from x's own dtype
+        if in_place:
+            try:
+                x[idx] = old + h
+                pos = measure(x)
+                x[idx] = old - h
+                neg = measure(x)
+            finally:
+                x[idx] = old  # exact: old came from x's own dtype
+        else:
+            pos = measure(xpx.at(x, idx).set(old + h))
+            neg = measure(xpx.at(x, idx).set(old - h))
         grad[idx] = combine(pos, neg)
         if verbose:
             print(idx, grad[idx])
@@ -128,9 +145,10 @@ def _central_differences(x, measure, combine, h, verbose=False):
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Central-difference gradient of ``sum(f(x) * df)`` with respect to x.
 
-    f  : callable, f(x) -> array of shape T (any backend; it must read x, which is
-         perturbed in place).
-    x  : float array of shape S on any backend/device; restored bit-exactly.
+    f  : callable, f(xp) -> array of shape T (any backend); xp as in
+         eval_numerical_gradient (x itself perturbed in place on mutable arrays,
+         a new array on immutable ones).
+    x  : float array of shape S on any backend/device; left unchanged.
     df : upstream gradient of shape T (any backend, or NumPy).
     h  : step size.
     Returns grad, array of shape S with x's dtype, backend and device:
@@ -140,8 +158,8 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     df_host = _host_copy(df).astype(np.float64)
     h = float(h)
 
-    def measure():
-        out = _host_copy(f(x)).astype(np.float64)  # copied now: f may return x itself
+    def measure(xp):
+        out = _host_copy(f(xp)).astype(np.float64)  # copied now: f may return x itself
         if out.shape != df_host.shape:
             raise ValueError(f"df: expected the shape of f(x), {out.shape}, got {df_host.shape}")
         return out
