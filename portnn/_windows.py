@@ -18,22 +18,48 @@ iterations), so duplicates never meet in one write.
 | window_slice        | both    | the slice holding one offset's element of every window    |
 | pad_channel_major   | conv    | (N, C, H, W) -> zero-padded channel-major (C, N, Hp, Wp)  |
 | im2col              | conv    | (C, n, Hp, Wp) -> columns (kh*kw*C, n*out_h*out_w)        |
-| col2im_add          | conv    | adjoint of im2col, added in place into (C, N, Hp, Wp)     |
+| col2im_add          | conv    | adjoint of im2col, added into a (C, N, Hp, Wp) buffer     |
 | window_max          | pool    | (N, C, H, W) -> max, first-max offset (N, C, oh, ow)      |
 | window_max_grad     | pool    | adjoint of window_max -> dx (N, C, H, W)                  |
 | window_argmax_dtype | pool    | smallest signed integer dtype holding the window offsets  |
+| put, add_at         | both    | write into a buffer just created, on mutable or immutable arrays |
+
+Writes (docs/design.md, rule 7): every function writes only into buffers it has just
+created, and through ``put`` / ``add_at``, which write in place where the array
+library allows it (NumPy, CuPy, torch, strict: no copy, no extra pass) and return a
+new array where it does not (JAX, whose jit turns the chain of updates back into
+in-place writes). Callers always use the returned array.
 """
 
 from __future__ import annotations
 
 import array_api_compat as aac
+import array_api_extra as xpx
 
 from .backends import namespace
 
 __all__ = [
     "conv_output_size", "window_slice", "pad_channel_major", "im2col", "col2im_add",
-    "window_argmax_dtype", "window_max", "window_max_grad",
+    "window_argmax_dtype", "window_max", "window_max_grad", "put", "add_at",
 ]
+
+
+def put(buf, idx, value):
+    """``buf[idx] = value`` for a buffer the caller has just created; returns the
+    updated buffer (``buf`` itself on mutable arrays, a new array on immutable ones)."""
+    if aac.is_writeable_array(buf):
+        buf[idx] = value
+        return buf
+    return xpx.at(buf, idx).set(value)
+
+
+def add_at(buf, idx, value):
+    """``buf[idx] += value`` (``idx`` a basic index: its targets are distinct) for a
+    buffer the caller has just created; returns the updated buffer."""
+    if aac.is_writeable_array(buf):
+        buf[idx] += value
+        return buf
+    return xpx.at(buf, idx).add(value)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
@@ -60,8 +86,7 @@ def pad_channel_major(x, pad: int, pad_w: int | None = None):
     if pad == 0 and pad_w == 0:
         return xt
     buf = xp.zeros((C, N, H + 2 * pad, W + 2 * pad_w), dtype=x.dtype, device=aac.device(x))
-    buf[:, :, pad:pad + H, pad_w:pad_w + W] = xt
-    return buf
+    return put(buf, (slice(None), slice(None), slice(pad, pad + H), slice(pad_w, pad_w + W)), xt)
 
 
 def im2col(xt, kh: int, kw: int, stride: int, out_h: int, out_w: int):
@@ -84,9 +109,11 @@ def im2col(xt, kh: int, kw: int, stride: int, out_h: int, out_w: int):
 
 
 def col2im_add(buf, cols, n0: int, kh: int, kw: int, stride: int, out_h: int, out_w: int):
-    """Adjoint of im2col, in place: add each column entry onto the padded pixel it came from.
+    """Adjoint of im2col: add each column entry onto the padded pixel it came from.
 
-    buf (C, N, Hp, Wp): channel-major padded gradient buffer (zeros to start);
+    buf (C, N, Hp, Wp): channel-major padded gradient buffer (zeros to start), which
+    the caller has just created; returns the updated buffer (use it: on immutable
+    arrays it is a new one);
     cols (kh*kw*C, n*out_h*out_w) are the columns of images n0 .. n0+n-1, whose
     contributions are added into buf[:, n0:n0+n]. Overlapping windows accumulate:
     one slice-add per kernel offset, in offset order (deterministic). Calling it
@@ -101,8 +128,9 @@ def col2im_add(buf, cols, n0: int, kh: int, kw: int, stride: int, out_h: int, ou
     for i in range(kh):
         r = window_slice(i, stride, out_h)
         for j in range(kw):
-            buf[:, batch, r, window_slice(j, stride, out_w)] += parts[k, ...]
+            buf = add_at(buf, (slice(None), batch, r, window_slice(j, stride, out_w)), parts[k, ...])
             k += 1
+    return buf
 
 
 def window_argmax_dtype(xp, window_size: int):
@@ -144,8 +172,8 @@ def _phases(x, kh, kw, stride, out_h, out_w):
         na = _phase_rows(H, a, stride, hh)
         for b in range(pb):
             nb = _phase_rows(W, b, stride, wh)
-            buf[a, b, :, :, :na, :nb] = x[:, :, a:a + stride * (na - 1) + 1:stride,
-                                          b:b + stride * (nb - 1) + 1:stride]
+            buf = put(buf, (a, b, slice(None), slice(None), slice(0, na), slice(0, nb)),
+                      x[:, :, a:a + stride * (na - 1) + 1:stride, b:b + stride * (nb - 1) + 1:stride])
     return buf
 
 
@@ -208,25 +236,24 @@ def window_max_grad(dout, arg, kh: int, kw: int, stride: int, height: int, width
         dx = (xp.zeros if uncovered else xp.empty)((N, C, height, width), dtype=dt, device=dev)
         for k in range(kh * kw):
             i, j = k // kw, k % kw
-            dx[:, :, window_slice(i, stride, out_h), window_slice(j, stride, out_w)] = \
-                dout * xp.astype(arg == k, dt)
+            dx = put(dx, (slice(None), slice(None), window_slice(i, stride, out_h), window_slice(j, stride, out_w)),
+                     dout * xp.astype(arg == k, dt))
         return dx
-    if stride == 1:
-        dx = xp.zeros((N, C, height, width), dtype=dt, device=dev)
-        g = xp.reshape(dx, (1, 1, N, C, height, width))
+    if stride == 1:  # one phase: the image itself (no aliasing: g is returned reshaped)
+        g = xp.zeros((1, 1, N, C, height, width), dtype=dt, device=dev)
     else:
         pa, pb, hh, wh = _phase_geometry(kh, kw, stride, out_h, out_w)
         g = xp.zeros((pa, pb, N, C, hh, wh), dtype=dt, device=dev)
     for k in range(kh * kw):
         a, b, r, c = _offset_block(stride, k // kw, k % kw, out_h, out_w)
-        g[a, b, :, :, r, c] += dout * xp.astype(arg == k, dt)
+        g = add_at(g, (a, b, slice(None), slice(None), r, c), dout * xp.astype(arg == k, dt))
     if stride == 1:
-        return dx
+        return xp.reshape(g, (N, C, height, width))
     dx = (xp.zeros if uncovered else xp.empty)((N, C, height, width), dtype=dt, device=dev)
     for a in range(pa):
         na = _phase_rows(height, a, stride, hh)
         for b in range(pb):
             nb = _phase_rows(width, b, stride, wh)
-            dx[:, :, a:a + stride * (na - 1) + 1:stride, b:b + stride * (nb - 1) + 1:stride] = \
-                g[a, b, :, :, :na, :nb]
+            dx = put(dx, (slice(None), slice(None), slice(a, a + stride * (na - 1) + 1, stride),
+                          slice(b, b + stride * (nb - 1) + 1, stride)), g[a, b, :, :, :na, :nb])
     return dx
