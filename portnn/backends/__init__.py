@@ -155,10 +155,14 @@ def namespace(*arrays):
             _NAMESPACE_OF_TYPE[kind] = xp
     if kind is np.ndarray:
         return xp  # NumPy has one device
-    d0 = _device(arrs[0])
-    for a in arrs[1:]:
+    d0 = None
+    for a in arrs:
         d = _device(a)
-        if d != d0:
+        if d is None:  # a JAX tracer under jit: placed by the compiler, nothing to compare
+            continue
+        if d0 is None:
+            d0 = d
+        elif d != d0:
             raise ValueError(
                 f"arrays on different devices in one call: {d0} and {d}; move them to one "
                 f"device first"
