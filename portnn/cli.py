@@ -106,8 +106,9 @@ def _add_debug(parser, top=False):
 def _add_data_options(t):
     g = t.add_argument_group("data and backend")
     g.add_argument("--backend", default=None,
-                   help="numpy | torch | cupy | array_api_strict (optionally name:device); "
-                        "default: $PORTNN_BACKEND or numpy")
+                   help="numpy | torch | cupy | jax | array_api_strict (optionally name:device, e.g. "
+                        "cupy:1, torch:cuda, jax:gpu); default: $PORTNN_BACKEND or numpy. jax: this "
+                        "command turns on JAX's 64-bit mode (float64, dropout masks)")
     o = functools.partial(_option, g, _TRAIN_DEFAULTS)
     o("--dataset", choices=["digits", "cifar10"],
       help="digits is bundled (8x8, 10 classes); cifar10 needs --data-dir")
@@ -581,9 +582,10 @@ def _make_solver(args, data, backend, comm, resumed):
 
 
 def _cmd_train(args, comm):
-    from .backends import BackendError, get_backend
+    from .backends import BackendError, enable_64bit, get_backend
 
     args._root = comm is None or comm.is_root
+    enable_64bit(args.backend)  # JAX: float64 and the int64 dropout generator need it
     if comm is not None and (args.backend or "").split(":")[0] == "cupy" and ":" not in args.backend:
         args.backend = f"cupy:{comm.local_rank}"  # one GPU per process on each node
     try:
@@ -670,10 +672,11 @@ def _divergence_message(args, e):
 
 def cmd_eval(args):
     from . import io
-    from .backends import BackendError
+    from .backends import BackendError, enable_64bit
 
     args._root = True
     try:
+        enable_64bit(args.backend)  # JAX: a float64 checkpoint needs it
         model = io.load(args.checkpoint, backend=args.backend)
     except BackendError as e:
         _error(args, _in_flag_terms(e, "argument --backend"))

@@ -32,7 +32,7 @@ from . import layers as L
 from . import optim
 from . import random as prandom
 from ._checks import to_host
-from .backends import BackendError, get_backend
+from .backends import BackendError, enable_64bit, get_backend
 
 __all__ = ["run_selftest", "format_table", "main", "CHECKS", "TOLERANCES"]
 
@@ -351,6 +351,7 @@ def main(argv=None) -> int:
     """Entry point of ``portnn selftest`` (argv: the options after "selftest")."""
     args = build_parser().parse_args(argv)
     name = args.backend or os.environ.get("PORTNN_BACKEND") or "numpy"
+    enable_64bit(name)  # JAX: the float64 rows and the int64 generator need it
     dtypes = tuple(dict.fromkeys(args.dtypes)) if args.dtypes else ("float64", "float32")
     if name.split(":")[0] in ("cupy", "torch"):
         os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # full FP32 GEMMs on NVIDIA GPUs

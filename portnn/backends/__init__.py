@@ -29,6 +29,7 @@ __all__ = [
     "set_backend",
     "use_backend",
     "available_backends",
+    "enable_64bit",
     "namespace",
     "backend_of",
     "dtype_str",
@@ -79,6 +80,21 @@ def get_backend(name=None) -> Backend:
         raise BackendError(f"{e}. Available here: {available_backends()}") from None
     _cache[name] = be
     return be
+
+
+def enable_64bit(name) -> None:
+    """For PROGRAMS (the command line, the self-test), never called by the library:
+    make float64 and int64 available on backend ``name`` for this process. Only JAX
+    needs it (its process-wide ``jax_enable_x64``, which must be set before any JAX
+    array exists); for every other backend, and a JAX that is not installed, it does
+    nothing."""
+    spec = name if isinstance(name, str) else (os.environ.get("PORTNN_BACKEND") or "")
+    if _split(spec)[0] == "jax":
+        try:
+            import jax
+        except ImportError:
+            return  # get_backend will say it is not installed
+        jax.config.update("jax_enable_x64", True)
 
 
 def set_backend(name) -> None:
