@@ -33,6 +33,7 @@ __all__ = [
     "check_int", "check_positive_int", "check_float_in", "check_bool",
     "check_float_array", "check_same_dtype", "check_shape", "check_array_beside",
     "check_labels", "check_labels_host", "is_float_dtype", "check_keys", "check_finite_host",
+    "check_dict", "check_is_array", "check_cache", "check_dout",
     "dtype_str", "float_dtype_name", "host_dtype", "to_host",
 ]
 
@@ -126,7 +127,7 @@ def check_float_array(xp, x, name: str, ndim=None, min_ndim=None, layout: str | 
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array{what}, got shape {tuple(x.shape)}")
     if min_ndim is not None and x.ndim < min_ndim:
-        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions{what}, got shape {tuple(x.shape)}")
 
 
 def check_same_dtype(name_a, a, name_b, b):
@@ -153,6 +154,35 @@ def check_array_beside(ref, a, name: str, expected: str = "an array"):
         namespace(ref, a)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e}") from None
+
+
+def check_is_array(x, name: str) -> None:
+    """x must be an array (anything with .shape and .dtype, not a Python number)."""
+    if not _is_array(x):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+
+
+def check_cache(cache, fn: str, cls: type, forward: str):
+    """A backward's cache must be the NamedTuple ``cls`` its forward returned (one
+    isinstance: a None, a hand-made tuple or another layer's cache is refused)."""
+    if not isinstance(cache, cls):
+        raise TypeError(f"{fn}: cache must be what {forward} returned, got {type(cache).__name__}")
+
+
+def check_dout(dout, fn: str, shape: tuple, dtype=None, *beside):
+    """A backward's upstream gradient: an array of the cached arrays' (``beside``)
+    backend and device, of exactly the forward output's ``shape`` and, unless
+    ``dtype`` is None, of the forward's dtype (so it cannot broadcast, or promote
+    the cached arrays). Shapes and dtypes only: no device sync. Returns the namespace."""
+    check_is_array(dout, f"{fn}: dout")
+    xp = namespace(dout, *beside)
+    if tuple(dout.shape) != tuple(shape):
+        raise ValueError(f"{fn}: dout: expected shape {tuple(shape)} (the forward's output), "
+                         f"got {tuple(dout.shape)}")
+    if dtype is not None and dout.dtype != dtype:
+        raise TypeError(f"{fn}: dout: expected dtype {dtype_str(dtype)} (the forward's dtype), "
+                        f"got {dtype_str(dout.dtype)}")
+    return xp
 
 
 _INT_NAMES = ("int64", "int32", "int16", "int8", "uint8")
@@ -230,6 +260,17 @@ def check_keys(params, name: str, accepted) -> None:
             near = ["learning_rate"]
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"{name}: unknown key {key!r}{hint} (accepted: {', '.join(map(repr, accepted))})")
+
+
+def check_dict(value, name: str, expected: str, allow_none: bool = False) -> dict:
+    """``value`` must be a dict (``expected`` says which keys, e.g. "a dict with 'p'
+    and 'mode'"); None gives {} when ``allow_none``. Returns the dict."""
+    if value is None and allow_none:
+        return {}
+    if not isinstance(value, dict):
+        got = "None" if value is None else type(value).__name__
+        raise TypeError(f"{name}: expected {expected}, got {got}")
+    return value
 
 
 def check_finite_host(a: np.ndarray, name: str, rows: bool = False) -> None:

@@ -16,6 +16,11 @@ returns the gradients of the forward's array arguments, in argument order.
 ``conv_batchnorm_relu*`` are aliases of ``conv_bn_relu*``. The backward
 functions take an internal ``need_dx=False`` that models use on their first
 layer, whose input gradient nobody needs.
+
+A sandwich's cache is a plain tuple of its parts' caches; its backward refuses
+anything else (TypeError naming the sandwich), and each part checks its own
+piece: a wrongly shaped dout is refused by the first part it reaches (e.g.
+``relu_backward: dout: expected shape ...``).
 """
 
 from .layers import (
@@ -34,6 +39,14 @@ from .layers.conv import conv_backward, conv_forward
 from .layers.pool import max_pool_backward, max_pool_forward
 
 
+def _parts(cache, n, fn):
+    """The n part caches of a sandwich's cache, or a TypeError naming the sandwich."""
+    if type(cache) is not tuple or len(cache) != n:
+        forward = fn.replace("_backward", "_forward")
+        raise TypeError(f"{fn}: cache must be what {forward} returned, got {type(cache).__name__}")
+    return cache
+
+
 def affine_relu_forward(x, w, b):
     """x (N, d1..dk), w (D, M), b (M,) -> out (N, M)."""
     a, fc_cache = affine_forward(x, w, b)
@@ -42,7 +55,7 @@ def affine_relu_forward(x, w, b):
 
 
 def affine_relu_backward(dout, cache, need_dx=True):
-    fc_cache, relu_cache = cache
+    fc_cache, relu_cache = _parts(cache, 2, "affine_relu_backward")
     return affine_backward(relu_backward(dout, relu_cache), fc_cache, need_dx)
 
 
@@ -53,8 +66,8 @@ def _affine_norm_relu_forward(norm_forward, x, w, b, gamma, beta, param):
     return out, (fc_cache, norm_cache, relu_cache)
 
 
-def _affine_norm_relu_backward(norm_backward, dout, cache, need_dx):
-    fc_cache, norm_cache, relu_cache = cache
+def _affine_norm_relu_backward(norm_backward, dout, cache, need_dx, fn):
+    fc_cache, norm_cache, relu_cache = _parts(cache, 3, fn)
     da, dgamma, dbeta = norm_backward(relu_backward(dout, relu_cache), norm_cache)
     dx, dw, db = affine_backward(da, fc_cache, need_dx)
     return dx, dw, db, dgamma, dbeta
@@ -66,7 +79,7 @@ def affine_bn_relu_forward(x, w, b, gamma, beta, bn_param):
 
 
 def affine_bn_relu_backward(dout, cache, need_dx=True):
-    return _affine_norm_relu_backward(batchnorm_backward, dout, cache, need_dx)
+    return _affine_norm_relu_backward(batchnorm_backward, dout, cache, need_dx, "affine_bn_relu_backward")
 
 
 def affine_ln_relu_forward(x, w, b, gamma, beta, ln_param):
@@ -75,7 +88,7 @@ def affine_ln_relu_forward(x, w, b, gamma, beta, ln_param):
 
 
 def affine_ln_relu_backward(dout, cache, need_dx=True):
-    return _affine_norm_relu_backward(layernorm_backward, dout, cache, need_dx)
+    return _affine_norm_relu_backward(layernorm_backward, dout, cache, need_dx, "affine_ln_relu_backward")
 
 
 def conv_relu_forward(x, w, b, conv_param):
@@ -86,7 +99,7 @@ def conv_relu_forward(x, w, b, conv_param):
 
 
 def conv_relu_backward(dout, cache, need_dx=True):
-    conv_cache, relu_cache = cache
+    conv_cache, relu_cache = _parts(cache, 2, "conv_relu_backward")
     return conv_backward(relu_backward(dout, relu_cache), conv_cache, need_dx=need_dx)
 
 
@@ -106,7 +119,7 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
 
 
 def conv_relu_pool_backward(dout, cache, need_dx=True):
-    conv_cache, pool_cache, relu_cache = cache
+    conv_cache, pool_cache, relu_cache = _parts(cache, 3, "conv_relu_pool_backward")
     da = max_pool_backward(relu_backward(dout, relu_cache), pool_cache)
     return conv_backward(da, conv_cache, need_dx=need_dx)
 
@@ -120,7 +133,7 @@ def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
 
 
 def conv_bn_relu_backward(dout, cache, need_dx=True):
-    conv_cache, bn_cache, relu_cache = cache
+    conv_cache, bn_cache, relu_cache = _parts(cache, 3, "conv_bn_relu_backward")
     da, dgamma, dbeta = spatial_batchnorm_backward(relu_backward(dout, relu_cache), bn_cache)
     dx, dw, db = conv_backward(da, conv_cache, need_dx=need_dx)
     return dx, dw, db, dgamma, dbeta
@@ -134,7 +147,7 @@ def conv_bn_relu_pool_forward(x, w, b, gamma, beta, conv_param, bn_param, pool_p
 
 
 def conv_bn_relu_pool_backward(dout, cache, need_dx=True):
-    cbr_cache, pool_cache = cache
+    cbr_cache, pool_cache = _parts(cache, 2, "conv_bn_relu_pool_backward")
     return conv_bn_relu_backward(max_pool_backward(dout, pool_cache), cbr_cache, need_dx)
 
 

@@ -139,6 +139,58 @@ def _(be):
     assert np.isnan(o[0]) and o[1] == 0.0 and o[2] == 2.0
 
 
+@row("affine.x_rank", ValueError, r"x: expected at least 2 dimensions \(N, d1, \.\.\.\), got shape \(5,\)")
+def _(be): L.affine_forward(A(be, 5), A(be, 1, 3), A(be, 3))
+
+
+def _affine_cache(be):
+    return L.affine_forward(A(be, 4, 5), A(be, 5, 3, seed=1), A(be, 3, seed=2))[1]
+
+
+@row("affine.dout_shape", ValueError,
+     r"affine_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(4, 7\)")
+def _(be): L.affine_backward(A(be, 4, 7), _affine_cache(be))
+
+
+@row("affine.dout_broadcastable", ValueError,
+     r"affine_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(1, 3\)")
+def _(be): L.affine_backward(A(be, 1, 3), _affine_cache(be))
+
+
+@row("affine.dout_dtype", TypeError,
+     r"affine_backward: dout: expected dtype float64 \(the forward's dtype\), got float32")
+def _(be): L.affine_backward(A(be, 4, 3, dtype="float32"), _affine_cache(be))
+
+
+@row("affine.cache_none", TypeError, r"affine_backward: cache must be what affine_forward returned, got NoneType")
+def _(be): L.affine_backward(A(be, 4, 3), None)
+
+
+def _relu_cache(be):
+    return L.relu_forward(A(be, 4, 5))[1]
+
+
+@row("relu.dout_1d", ValueError, r"relu_backward: dout: expected shape \(4, 5\) \(the forward's output\), got \(5,\)")
+def _(be): L.relu_backward(A(be, 5), _relu_cache(be))
+
+
+@row("relu.dout_broadcastable", ValueError,
+     r"relu_backward: dout: expected shape \(4, 5\) \(the forward's output\), got \(1, 5\)")
+def _(be): L.relu_backward(A(be, 1, 5), _relu_cache(be))
+
+
+@row("relu.dout_dtype", TypeError, r"relu_backward: dout: expected dtype float64 \(the forward's dtype\), got float32")
+def _(be): L.relu_backward(A(be, 4, 5, dtype="float32"), _relu_cache(be))
+
+
+@row("relu.cache_array", TypeError, r"relu_backward: cache must be what relu_forward returned, got \w+")
+def _(be): L.relu_backward(A(be, 4, 5), A(be, 4, 5))  # an array, not the forward's ReluCache
+
+
+@row("relu.dout_list", TypeError, r"relu_backward: dout: expected an array, got list")
+def _(be): L.relu_backward([[1.0] * 5] * 4, _relu_cache(be))
+
+
 # ---------------------------------------------------------------- losses
 @row("loss.labels_out_of_range", ValueError, r"y: labels must lie in \[0, 3\), got values in \[0, 5\]")
 def _(be): L.softmax_loss(A(be, 3, 3), I(be, [0, 5, 1]))
@@ -258,6 +310,130 @@ def _(be): L.spatial_groupnorm_forward(A(be, 2, 6, 3, 3), A(be, 1, 6, 1, 1), A(b
 def _(be): L.spatial_groupnorm_forward(A(be, 2, 6, 3, 3), A(be, 6), A(be, 1, 6, 1, 1), 2, {})
 
 
+@row("batchnorm.test_without_running_stats", ValueError,
+     r"bn_param: expected 'running_mean' and 'running_var' in test mode, got neither: the running "
+     r"statistics are missing \(run in train mode first, or pass running_mean/running_var\)")
+def _(be):
+    p = {"mode": "test"}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.test_running_var_missing", ValueError,
+     r"bn_param: expected 'running_mean' and 'running_var' in test mode, got only 'running_mean'")
+def _(be):
+    p = {"mode": "test", "running_mean": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.running_mean_list", TypeError,
+     r"bn_param\['running_mean'\]: expected an array of x's backend and device, got list")
+def _(be):
+    p = {"mode": "train", "running_mean": [0.0] * 3, "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.running_stats_dtype", TypeError,
+     r"bn_param\['running_var'\]: expected dtype float64 \(the dtype of x\), got float32")
+def _(be):
+    p = {"mode": "test", "running_mean": A(be, 3), "running_var": A(be, 3, dtype="float32")}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.momentum_bool", TypeError, r"momentum: expected a real number, got True")
+def _(be):
+    p = {"mode": "train", "momentum": True, "running_mean": A(be, 3), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.unknown_key", ValueError,
+     r"bn_param: unknown key 'epsilon'; did you mean 'eps'\? \(accepted: 'mode', 'eps', 'momentum', "
+     r"'running_mean', 'running_var'\)")
+def _(be):
+    p = {"mode": "train", "epsilon": 1e-3, "running_mean": A(be, 3), "running_var": A(be, 3)}
+    return (lambda: L.batchnorm_forward(*_bn(be), p)), _param_snapshot(p)
+
+
+@row("batchnorm.param_none", TypeError, r"bn_param: expected a dict with 'mode' \('train' or 'test'\), got None")
+def _(be): L.batchnorm_forward(*_bn(be), None)
+
+
+def _bn_cache(be):
+    return L.batchnorm_forward(*_bn(be), {"mode": "train"})[1]
+
+
+@row("batchnorm.dout_broadcastable", ValueError,
+     r"batchnorm_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(1, 3\)")
+def _(be): L.batchnorm_backward(A(be, 1, 3), _bn_cache(be))
+
+
+@row("batchnorm.alt_dout_shape", ValueError,
+     r"batchnorm_backward_alt: dout: expected shape \(4, 3\) \(the forward's output\), got \(3,\)")
+def _(be): L.batchnorm_backward_alt(A(be, 3), _bn_cache(be))
+
+
+@row("batchnorm.dout_dtype", TypeError,
+     r"batchnorm_backward: dout: expected dtype float64 \(the forward's dtype\), got float32")
+def _(be): L.batchnorm_backward(A(be, 4, 3, dtype="float32"), _bn_cache(be))
+
+
+@row("batchnorm.cache_of_layernorm", TypeError,
+     r"batchnorm_backward: cache must be what batchnorm_forward returned, got LayerNormCache")
+def _(be): L.batchnorm_backward(A(be, 4, 3), L.layernorm_forward(*_bn(be), {})[1])
+
+
+def _sbn(be):
+    return A(be, 2, 3, 4, 4), A(be, 3, seed=1), A(be, 3, seed=2)
+
+
+@row("spatial_batchnorm.test_without_running_stats", ValueError,
+     r"bn_param: expected 'running_mean' and 'running_var' in test mode, got neither")
+def _(be):
+    p = {"mode": "test"}
+    return (lambda: L.spatial_batchnorm_forward(*_sbn(be), p)), _param_snapshot(p)
+
+
+@row("spatial_batchnorm.unknown_key", ValueError, r"bn_param: unknown key 'momentun'; did you mean 'momentum'\?")
+def _(be): L.spatial_batchnorm_forward(*_sbn(be), {"mode": "train", "momentun": 0.5})
+
+
+@row("spatial_batchnorm.dout_broadcastable", ValueError,
+     r"spatial_batchnorm_backward: dout: expected shape \(2, 3, 4, 4\) \(the forward's output\), got \(1, 3, 1, 1\)")
+def _(be):
+    _, cache = L.spatial_batchnorm_forward(*_sbn(be), {"mode": "train"})
+    L.spatial_batchnorm_backward(A(be, 1, 3, 1, 1), cache)
+
+
+@row("layernorm.unknown_key", ValueError, r"ln_param: unknown key 'epsilon'; did you mean 'eps'\? \(accepted: 'eps', 'mode'\)")
+def _(be): L.layernorm_forward(*_bn(be), {"epsilon": 1e-3})
+
+
+@row("layernorm.mode_accepted")
+def _(be):
+    out, _ = L.layernorm_forward(*_bn(be), {"mode": "test"})  # a model's mode loop may set it: ignored
+    ref, _ = L.layernorm_forward(*_bn(be), None)
+    np.testing.assert_array_equal(to_np(out), to_np(ref))
+
+
+@row("layernorm.dout_broadcastable", ValueError,
+     r"layernorm_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(1, 3\)")
+def _(be): L.layernorm_backward(A(be, 1, 3), L.layernorm_forward(*_bn(be), {})[1])
+
+
+def _gn(be):
+    return A(be, 2, 6, 3, 3), A(be, 1, 6, 1, 1, seed=1), A(be, 1, 6, 1, 1, seed=2)
+
+
+@row("groupnorm.unknown_key", ValueError, r"gn_param: unknown key 'groups' \(accepted: 'eps', 'mode'\)")
+def _(be): L.spatial_groupnorm_forward(*_gn(be), 2, {"groups": 3})
+
+
+@row("groupnorm.dout_broadcastable", ValueError,
+     r"spatial_groupnorm_backward: dout: expected shape \(2, 6, 3, 3\) \(the forward's output\), got \(6, 3, 3\)")
+def _(be):
+    _, cache = L.spatial_groupnorm_forward(*_gn(be), 2, {})
+    L.spatial_groupnorm_backward(A(be, 6, 3, 3), cache)
+
+
 # ---------------------------------------------------------------- dropout
 @row("dropout.keep_zero", ValueError, r"p \(keep probability\): expected a value in \(0.0, 1.0\], got 0")
 def _(be): L.dropout_forward(A(be, 3, 3), {"p": 0, "mode": "train"})
@@ -283,6 +459,33 @@ def _(be): L.dropout_forward(raw(be, np.ones(3, dtype=np.int64)), {"p": 0.5, "mo
 def _(be):
     out, _ = L.dropout_forward(A(be, 0, 5), {"p": 0.5, "mode": "train", "seed": 1})
     assert tuple(out.shape) == (0, 5)
+
+
+@row("dropout.param_none", TypeError, r"dropout_param: expected a dict with 'p' and 'mode', got None")
+def _(be): L.dropout_forward(A(be, 3, 3), None)
+
+
+@row("dropout.keep_bool", TypeError, r"p \(keep probability\): expected a real number, got True")
+def _(be): L.dropout_forward(A(be, 3, 3), {"p": True, "mode": "train"})
+
+
+@row("dropout.unknown_key", ValueError,
+     r"dropout_param: unknown key 'keep_prob' \(accepted: 'p', 'mode', 'seed'\)")
+def _(be): L.dropout_forward(A(be, 3, 3), {"p": 0.5, "mode": "train", "keep_prob": 0.5})
+
+
+@row("dropout.dout_1d", ValueError,
+     r"dropout_backward: dout: expected shape \(4, 5\) \(the forward's output\), got \(5,\)")
+def _(be):
+    _, cache = L.dropout_forward(A(be, 4, 5), {"p": 0.5, "mode": "train", "seed": 0})
+    L.dropout_backward(A(be, 5), cache)
+
+
+@row("dropout.dout_shape_test_mode", ValueError,
+     r"dropout_backward: dout: expected shape \(4, 5\) \(the forward's output\), got \(1, 5\)")
+def _(be):
+    _, cache = L.dropout_forward(A(be, 4, 5), {"p": 0.5, "mode": "test"})  # no mask: dx would be dout itself
+    L.dropout_backward(A(be, 1, 5), cache)
 
 
 # ---------------------------------------------------------------- conv / pool
@@ -359,6 +562,21 @@ def _(be):
     np.testing.assert_allclose(to_np(out), to_np(ref), rtol=1e-13, atol=1e-13)
 
 
+@row("conv.unknown_key", ValueError,
+     r"conv_param: unknown key 'dilation' \(accepted: 'stride', 'pad', 'max_col_bytes', 'grad_algorithm'\)")
+def _(be): L.conv_forward(*_conv(be), {"stride": 1, "pad": 1, "dilation": 2})
+
+
+@row("conv.dout_dtype", TypeError, r"dout: expected dtype float64 \(the dtype of x\), got float32")
+def _(be):
+    _, cache = L.conv_forward(*_conv(be), {"stride": 1, "pad": 1})
+    L.conv_backward(A(be, 2, 4, 6, 6, dtype="float32"), cache)
+
+
+@row("conv.cache_none", TypeError, r"conv_backward: cache must be what conv_forward returned, got NoneType")
+def _(be): L.conv_backward(A(be, 2, 4, 6, 6), None)
+
+
 POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
 
@@ -397,6 +615,46 @@ def _(be):
     assert tuple(out.shape) == (1, 1, 2, 2)  # the last row/column are not covered, as in PyTorch
 
 
+@row("pool.unknown_key", ValueError,
+     r"pool_param: unknown key 'pad' \(accepted: 'pool_height', 'pool_width', 'stride'\)")
+def _(be): L.max_pool_forward(A(be, 1, 2, 4, 4), dict(POOL, pad=1))
+
+
+@row("pool.dout_shape", ValueError, r"dout: expected shape \(1, 2, 2, 2\) \(the forward's output\), got \(2, 2, 2\)")
+def _(be):
+    _, cache = L.max_pool_forward(A(be, 1, 2, 4, 4), POOL)
+    L.max_pool_backward(A(be, 2, 2, 2), cache)
+
+
+@row("pool.cache_none", TypeError, r"max_pool_backward: cache must be what max_pool_forward returned, got NoneType")
+def _(be): L.max_pool_backward(A(be, 1, 2, 2, 2), None)
+
+
+# ---------------------------------------------------------------- layer_utils sandwiches
+@row("sandwich.dout_broadcastable", ValueError,
+     r"relu_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(3,\)")
+def _(be):
+    from portnn import layer_utils as lu
+    _, cache = lu.affine_bn_relu_forward(A(be, 4, 5), A(be, 5, 3, seed=1), A(be, 3, seed=2), A(be, 3, seed=3),
+                                         A(be, 3, seed=4), {"mode": "train"})
+    lu.affine_bn_relu_backward(A(be, 3), cache)
+
+
+@row("sandwich.cache_none", TypeError,
+     r"affine_relu_backward: cache must be what affine_relu_forward returned, got NoneType")
+def _(be):
+    from portnn import layer_utils as lu
+    lu.affine_relu_backward(A(be, 4, 3), None)
+
+
+@row("sandwich.conv_pool_dout_shape", ValueError,
+     r"relu_backward: dout: expected shape \(2, 4, 3, 3\) \(the forward's output\), got \(2, 4, 6, 6\)")
+def _(be):
+    from portnn import layer_utils as lu
+    _, cache = lu.conv_relu_pool_forward(*_conv(be), {"stride": 1, "pad": 1}, POOL)
+    lu.conv_relu_pool_backward(A(be, 2, 4, 6, 6), cache)  # the conv's output shape, not the pooled one
+
+
 # ---------------------------------------------------------------- optimizers
 def _opt(be):
     return A(be, 3, 2), A(be, 3, 2, seed=1)
@@ -419,6 +677,10 @@ def test_optimizer_rows_all_rules(backend, rule):
         fn(w, A(backend, 2, 3), cfg)
     with pytest.raises(ValueError, match=r"learning_rate"):
         fn(w, dw, dict(cfg, learning_rate=-1.0))
+    with pytest.raises(ValueError, match=r"config: unknown key 'lr'; did you mean 'learning_rate'\?"):
+        fn(w, dw, dict(cfg, lr=0.5))
+    with pytest.raises(TypeError, match=r"config\['learning_rate'\]: expected a real number, got True"):
+        fn(w, dw, dict(cfg, learning_rate=True))
     assert snap() == before
 
 
@@ -465,6 +727,27 @@ def _(be): optim.sgd(raw(be, np.ones((2,), dtype=np.int64)), raw(be, np.ones((2,
 def _(be): optim.get_update_rule("adamw")
 
 
+@row("optim.unknown_key_lr", ValueError,
+     r"config: unknown key 'lr'; did you mean 'learning_rate'\? \(accepted: 'learning_rate', 'beta1', 'beta2', "
+     r"'epsilon', 'm', 'v', 't'\)")
+def _(be):
+    w, dw = _opt(be)
+    cfg = {}
+    optim.adam(w, dw, cfg)
+    cfg["lr"] = 0.5
+    return (lambda: optim.adam(w, dw, cfg)), _config_snapshot(cfg)
+
+
+@row("optim.other_rules_key", ValueError, r"config: unknown key 'momentum' \(accepted: 'learning_rate'\)")
+def _(be): optim.sgd(*_opt(be), {"learning_rate": 0.1, "momentum": 0.9})
+
+
+@row("optim.lr_bool", TypeError, r"config\['learning_rate'\]: expected a real number, got True")
+def _(be):
+    cfg = {"learning_rate": True}
+    return (lambda: optim.sgd(*_opt(be), cfg)), _config_snapshot(cfg)
+
+
 # ---------------------------------------------------------------- mixed backends / devices
 @row("mixed.two_devices", ValueError, r"arrays on different devices in one call")
 def _(be):
@@ -480,7 +763,8 @@ def _(be):
 def _(be):
     other = "numpy" if be.name != "numpy" else ("torch" if "torch" in portnn.available_backends() else "array_api_strict")
     ob = get_backend(other)
-    L.relu_backward(A(be, 3), ob.asarray(np.ones(3)))
+    _, cache = L.relu_forward(ob.asarray(np.ones(3)))
+    L.relu_backward(A(be, 3), cache)
 
 
 @row("mixed.optimizer_state_other_device", (ValueError, TypeError), r"dw|config")
@@ -572,6 +856,36 @@ def _(be):
     assert tuple(_fcn(be).loss(A(be, 0, 4)).shape) == (0, 3)
 
 
+@row("model.hidden_dims_int", TypeError,
+     r"hidden_dims: expected a sequence of layer sizes such as \[100, 100\], got 50")
+def _(be): portnn.FullyConnectedNet(50, input_dim=64, backend=be)
+
+
+@row("model.hidden_dims_str", TypeError,
+     r"hidden_dims: expected a sequence of layer sizes such as \[100, 100\], got '100'")
+def _(be): portnn.FullyConnectedNet("100", input_dim=64, backend=be)
+
+
+@row("model.hidden_dims_float", TypeError, r"hidden_dims\[0\]: expected an integer >= 1, got 1.5")
+def _(be): portnn.FullyConnectedNet([1.5], input_dim=64, backend=be)
+
+
+_UNTRAINED = (r"FullyConnectedNet: batchnorm layer 1 has no running statistics yet: train the model "
+              r"\(Solver.train or loss\(X, y\)\) before predicting")
+
+
+@row("model.batchnorm_untrained_scores", ValueError, _UNTRAINED)
+def _(be):
+    m = _fcn(be, normalization="batchnorm")
+    return (lambda: m.loss(A(be, 3, 4))), _params_snapshot(m)
+
+
+@row("model.batchnorm_untrained_predict", ValueError, _UNTRAINED)
+def _(be):
+    m = _fcn(be, normalization="batchnorm")
+    return (lambda: m.predict(np.ones((3, 4)))), _params_snapshot(m)
+
+
 # ---------------------------------------------------------------- solver
 def _data(n=20):
     rng = np.random.default_rng(0)
@@ -620,6 +934,14 @@ def _(be):
     s = portnn.Solver(_fcn(be), _data(), batch_size=1000, num_epochs=1, verbose=False, seed=0)
     s.train()  # one step per epoch on all 20 samples (a batch larger than the data is clamped)
     assert s.iteration == 1 and len(s.loss_history) == 1
+
+
+@row("solver.unknown_optim_key", ValueError, r"unknown key 'lr'; did you mean 'learning_rate'\?")
+def _(be):
+    m = _fcn(be)
+    s = portnn.Solver(m, _data(), update_rule="adam", optim_config={"lr": 0.5}, num_epochs=1, verbose=False,
+                      seed=0)
+    return s.train, _params_snapshot(m)  # refused before any parameter moves
 
 
 # ---------------------------------------------------------------- data / io / backends

@@ -123,5 +123,5 @@ def test_model_errors_leave_params_untouched(backend, rng):
 
 def test_unknown_backend_error():
     from portnn.backends import BackendError
-    with pytest.raises(BackendError, match="unknown backend 'jax'.*available here"):
-        FullyConnectedNet([4], backend="jax")
+    with pytest.raises(BackendError, match="unknown backend 'mxnet'.*available here"):
+        FullyConnectedNet([4], backend="mxnet")

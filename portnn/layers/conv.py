@@ -47,11 +47,11 @@ from typing import Any, NamedTuple
 
 import array_api_compat as aac
 
-from .._checks import check_float_array, check_int, check_same_dtype
-from .._windows import col2im_add, conv_output_size, im2col, pad_channel_major
+from .._checks import check_cache, check_float_array, check_int, check_is_array, check_keys, check_same_dtype
+from .._windows import col2im_add, conv_output_size, im2col, pad_channel_major, put
 from ..backends import namespace
 
-__all__ = ["conv_forward", "conv_backward", "ConvCache", "MAX_COL_BYTES", "GRAD_ALGORITHMS"]
+__all__ = ["conv_forward", "conv_backward", "ConvCache", "MAX_COL_BYTES", "GRAD_ALGORITHMS", "CONV_PARAM_KEYS"]
 
 #: Default bound on the im2col columns of one block, kept for the backward when
 #: the whole batch fits in one block (32 MiB: glibc's largest mmap threshold).
@@ -62,6 +62,9 @@ BLOCK_BYTES = 16 * 2**20
 
 #: Values of conv_param['grad_algorithm'] (module docstring).
 GRAD_ALGORITHMS = ("auto", "columns", "correlation")
+
+#: The keys conv_param may hold (any other, e.g. 'dilation', is a ValueError).
+CONV_PARAM_KEYS = ("stride", "pad", "max_col_bytes", "grad_algorithm")
 
 
 class ConvCache(NamedTuple):
@@ -104,6 +107,7 @@ def conv_forward(x, w, b, conv_param=None):
             pad < HH, WW (else a ValueError). "auto": "correlation" where it
             applies and F <= C, else "columns". A backward with need_dx=False
             always uses "columns". The two agree to rounding.
+        Any other key (e.g. 'dilation', 'groups': portnn has neither) is a ValueError.
     Returns
       out   : (N, F, H', W'), x's dtype, H' = 1 + (H + 2*pad - HH) // stride
               (floor, like PyTorch), W' likewise
@@ -157,6 +161,8 @@ def conv_backward(dout, cache, need_dx=True):
       dw : (F, C, HH, WW)
       db : (F,)
     """
+    check_cache(cache, "conv_backward", ConvCache, "conv_forward")
+    check_is_array(dout, "conv_backward: dout")
     x, w = cache.x, cache.w
     xp = namespace(dout, x)
     N, F = x.shape[0], w.shape[0]
@@ -207,7 +213,7 @@ def _grads_by_columns(xp, dout, cache, need_dx):
         dw2t = part if dw2t is None else dw2t + part
         del part
         if need_dx:
-            col2im_add(dbuf, w2.mT @ d2, n0, HH, WW, stride, Ho, Wo)
+            dbuf = col2im_add(dbuf, w2.mT @ d2, n0, HH, WW, stride, Ho, Wo)
     if dw2t is None:  # empty batch: no block ran
         dw2t = xp.zeros((HH * WW * C, F), dtype=x.dtype, device=aac.device(x))
         db = xp.zeros((F,), dtype=x.dtype, device=aac.device(x))
@@ -252,7 +258,7 @@ def _grads_by_correlation(xp, dout, cache):
     for n0 in range(0, N, block):
         n1 = min(N, n0 + block)
         d = im2col(dp[:, n0:n1, ...], HH, WW, 1, H, W)  # (HH*WW*F, n*H*W)
-        dxt[:, n0:n1, ...] = xp.reshape(wt2 @ d, (C, n1 - n0, H, W))
+        dxt = put(dxt, (slice(None), slice(n0, n1), Ellipsis), xp.reshape(wt2 @ d, (C, n1 - n0, H, W)))
         part = d @ xp.reshape(xcm[:, n0:n1, ...], (C, (n1 - n0) * H * W)).mT
         del d
         g = part if g is None else g + part
@@ -276,7 +282,7 @@ def _forward_by_blocks(xp, xt, w2, bias, block, HH, WW, stride, Ho, Wo):
         o = w2 @ c
         del c  # the next block's columns reuse this memory
         o += bias
-        out[:, n0:n1, ...] = xp.reshape(o, (F, n1 - n0, Ho, Wo))
+        out = put(out, (slice(None), slice(n0, n1), Ellipsis), xp.reshape(o, (F, n1 - n0, Ho, Wo)))
     return out
 
 
@@ -315,6 +321,7 @@ def _check_conv(xp, x, w, b, conv_param):
         conv_param = {}
     if not isinstance(conv_param, dict):
         raise TypeError(f"conv_param: expected a dict with 'stride' and 'pad', got {type(conv_param).__name__}")
+    check_keys(conv_param, "conv_param", CONV_PARAM_KEYS)
     check_float_array(xp, x, "x", ndim=4, layout="(N, C, H, W)")
     check_float_array(xp, w, "w", ndim=4, layout="(F, C, HH, WW)")
     check_float_array(xp, b, "b", ndim=1, layout="(F,)")

@@ -29,8 +29,26 @@ from typing import Any, NamedTuple
 
 import array_api_compat as aac
 
-from .._checks import check_float_array, check_float_in, check_int, check_same_dtype
+from .._checks import (
+    check_array_beside,
+    check_cache,
+    check_dict,
+    check_dout,
+    check_float_array,
+    check_float_in,
+    check_int,
+    check_keys,
+    check_same_dtype,
+)
 from ..backends import namespace
+
+#: The keys each parameter dict may hold (any other is a ValueError: a typo such as
+#: 'epsilon' for 'eps' would otherwise be ignored). Batchnorm writes its running
+#: statistics back into bn_param; layer and group norm accept (and ignore) 'mode',
+#: so one loop can set the mode of every normalisation layer of a model.
+BN_PARAM_KEYS = ("mode", "eps", "momentum", "running_mean", "running_var")
+LN_PARAM_KEYS = ("eps", "mode")
+GN_PARAM_KEYS = ("eps", "mode")
 
 # --------------------------------------------------------------------------- caches
 
@@ -112,6 +130,13 @@ def _eps(param):
     return check_float_in(param.get("eps", 1e-5), "eps", 0.0, math.inf, lo_open=True)
 
 
+def _norm_param(param, name, accepted):
+    """ln_param / gn_param: None or a dict of known keys -> a dict."""
+    param = check_dict(param, name, "a dict (optional 'eps') or None", allow_none=True)
+    check_keys(param, name, accepted)
+    return param
+
+
 # --------------------------------------------------------------------------- batch norm
 
 
@@ -121,23 +146,39 @@ def _batchnorm_forward(x, gamma, beta, bn_param, stat_axes, bshape):
     bshape is the broadcast shape of one feature vector, e.g. (1, D) or (1, C, 1, 1).
     """
     xp = namespace(x, gamma, beta)
+    check_dict(bn_param, "bn_param", "a dict with 'mode' ('train' or 'test')")
+    check_keys(bn_param, "bn_param", BN_PARAM_KEYS)
     mode = bn_param.get("mode")
     if mode not in ("train", "test"):
         raise ValueError(f"bn_param['mode']: expected 'train' or 'test', got {mode!r}")
     eps = _eps(bn_param)
     momentum = check_float_in(bn_param.get("momentum", 0.9), "momentum", 0.0, 1.0)
     nfeat = math.prod(bshape)
-    dev = aac.device(x)
     running_mean = bn_param.get("running_mean")
     running_var = bn_param.get("running_var")
+    if mode == "test" and (running_mean is None or running_var is None):
+        # Zeros would standardise by sqrt(eps): outputs ~300x too large, silently.
+        given = [k for k, r in (("running_mean", running_mean), ("running_var", running_var)) if r is not None]
+        got = f"only {given[0]!r}" if given else "neither"
+        raise ValueError(
+            "bn_param: expected 'running_mean' and 'running_var' in test mode, got "
+            f"{got}: the running statistics are missing (run in train mode first, "
+            "or pass running_mean/running_var)"
+        )
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is None:
+            continue
+        key = f"bn_param['{name}']"
+        check_array_beside(x, r, key, "an array of x's backend and device")
+        if tuple(r.shape) != (nfeat,):
+            raise ValueError(f"{key}: expected shape ({nfeat},), got {tuple(r.shape)}")
+        check_same_dtype("x", x, key, r)
+    # Train mode only from here on may create them (the first train-mode call).
+    dev = aac.device(x)
     if running_mean is None:
         running_mean = xp.zeros((nfeat,), dtype=x.dtype, device=dev)
     if running_var is None:
         running_var = xp.zeros((nfeat,), dtype=x.dtype, device=dev)
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if tuple(r.shape) != (nfeat,):
-            raise ValueError(f"bn_param['{name}']: expected shape ({nfeat},), got {tuple(r.shape)}")
-    namespace(x, running_mean, running_var)  # same backend and device, or a clear error
     gamma_b = xp.reshape(gamma, bshape)
     beta_b = xp.reshape(beta, bshape)
 
@@ -157,9 +198,10 @@ def _batchnorm_forward(x, gamma, beta, bn_param, stat_axes, bshape):
                                stat_axes=stat_axes, param_shape=tuple(gamma.shape))
 
 
-def _batchnorm_backward(dout, cache):
+def _batchnorm_backward(dout, cache, fn, forward):
+    check_cache(cache, fn, BatchNormCache, forward)
     xhat, inv_std, gamma_b, stat_axes = cache.xhat, cache.inv_std, cache.gamma_b, cache.stat_axes
-    xp = namespace(dout, xhat)
+    xp = check_dout(dout, fn, xhat.shape, xhat.dtype, xhat)
     dgamma = xp.sum(dout * xhat, axis=stat_axes, keepdims=True)
     dbeta = xp.sum(dout, axis=stat_axes, keepdims=True)
     if cache.mode == "train":
@@ -180,10 +222,12 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     Inputs
       x : (N, D) float; gamma, beta : (D,) same dtype
       bn_param : dict with 'mode' ('train' | 'test', required), 'eps' (1e-5),
-        'momentum' (0.9), 'running_mean' / 'running_var' ((D,), created as zeros
+        'momentum' (0.9), 'running_mean' / 'running_var' ((D,) arrays of x's
+        backend, device and dtype; created as zeros by the first train-mode call
         and stored back). Train mode uses batch statistics (biased variance) and
         updates running = momentum * running + (1 - momentum) * batch; test mode
-        uses the running statistics.
+        uses the running statistics, and raises a ValueError without them. Any
+        other key is a ValueError.
     Returns out : (N, D), cache
     """
     xp = namespace(x, gamma, beta)
@@ -195,14 +239,20 @@ def batchnorm_forward(x, gamma, beta, bn_param):
 def batchnorm_backward(dout, cache):
     """Gradients of batchnorm_forward: dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,).
 
+    dout must have x's shape and dtype; cache is the forward's BatchNormCache.
     Uses the closed-form expression (two reductions), not a step-by-step graph.
     """
-    return _batchnorm_backward(dout, cache)
+    return _batchnorm_backward(dout, cache, "batchnorm_backward", "batchnorm_forward")
 
 
-# The course API has a "graph" backward and a simplified "alt" one. portnn keeps
-# one implementation (docs/design.md, rule 2); both names compute the same closed form.
-batchnorm_backward_alt = batchnorm_backward
+def batchnorm_backward_alt(dout, cache):
+    """batchnorm_backward under the course's second name.
+
+    The course API has a "graph" backward and a simplified "alt" one. portnn keeps
+    one implementation (docs/design.md, rule 2); both names compute the same closed
+    form (this one only names itself in error messages).
+    """
+    return _batchnorm_backward(dout, cache, "batchnorm_backward_alt", "batchnorm_forward")
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
@@ -219,7 +269,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
 def spatial_batchnorm_backward(dout, cache):
     """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    return _batchnorm_backward(dout, cache)
+    return _batchnorm_backward(dout, cache, "spatial_batchnorm_backward", "spatial_batchnorm_forward")
 
 
 # --------------------------------------------------------------------------- layer norm
@@ -228,14 +278,15 @@ def spatial_batchnorm_backward(dout, cache):
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalisation: each sample's D features standardised on their own.
 
-    x : (N, D) float; gamma, beta : (D,); ln_param : dict, optional 'eps' (1e-5).
-    Same in train and test mode (no running statistics).
+    x : (N, D) float; gamma, beta : (D,); ln_param : dict or None, optional 'eps'
+    (1e-5) and 'mode' (accepted and ignored: the same in train and test mode, no
+    running statistics); any other key is a ValueError.
     Returns out : (N, D), cache
     """
     xp = namespace(x, gamma, beta)
     check_float_array(xp, x, "x", ndim=2)
     _check_params(xp, x, gamma, beta, (x.shape[1],), "one per feature")
-    eps = _eps(ln_param or {})
+    eps = _eps(_norm_param(ln_param, "ln_param", LN_PARAM_KEYS))
     xhat, _, _, inv_std = _normalize(xp, x, (1,), eps)
     gamma_b = xp.reshape(gamma, (1, -1))
     out = gamma_b * xhat + xp.reshape(beta, (1, -1))
@@ -244,8 +295,9 @@ def layernorm_forward(x, gamma, beta, ln_param):
 
 def layernorm_backward(dout, cache):
     """dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,)."""
+    check_cache(cache, "layernorm_backward", LayerNormCache, "layernorm_forward")
     xhat = cache.xhat
-    xp = namespace(dout, xhat)
+    xp = check_dout(dout, "layernorm_backward", xhat.shape, xhat.dtype, xhat)
     dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, cache.gamma_b, (0,))
     dx = _normalize_backward(xp, dxhat, xhat, cache.inv_std, (1,))
     return dx, xp.reshape(dgamma, (-1,)), xp.reshape(dbeta, (-1,))
@@ -259,7 +311,8 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     standardised over its C/G channels and all H, W positions.
 
     x : (N, C, H, W) float; gamma, beta : (1, C, 1, 1); G : int dividing C;
-    gn_param : dict, optional 'eps' (1e-5).
+    gn_param : dict or None, optional 'eps' (1e-5) and 'mode' (accepted and
+    ignored); any other key is a ValueError.
     Returns out : (N, C, H, W), cache
     """
     xp = namespace(x, gamma, beta)
@@ -269,7 +322,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     if c % G:
         raise ValueError(f"G: expected a positive integer dividing C={c}, got {G}")
     _check_params(xp, x, gamma, beta, (1, c, 1, 1), "one per channel")
-    eps = _eps(gn_param or {})
+    eps = _eps(_norm_param(gn_param, "gn_param", GN_PARAM_KEYS))
     xg = xp.reshape(x, (n, G, (c // G) * h * w))
     xhat_g, _, _, inv_std = _normalize(xp, xg, (2,), eps)
     xhat = xp.reshape(xhat_g, x.shape)
@@ -279,8 +332,9 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
 
 def spatial_groupnorm_backward(dout, cache):
     """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (1, C, 1, 1), dbeta (1, C, 1, 1)."""
+    check_cache(cache, "spatial_groupnorm_backward", GroupNormCache, "spatial_groupnorm_forward")
     xhat = cache.xhat
-    xp = namespace(dout, xhat)
+    xp = check_dout(dout, "spatial_groupnorm_backward", xhat.shape, xhat.dtype, xhat)
     n = dout.shape[0]
     dxhat, dgamma, dbeta = _scale_shift_backward(xp, dout, xhat, cache.gamma, (0, 2, 3))
     grouped = (n, cache.groups, -1)

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._checks import check_float_array, check_int, dtype_str
+from .._checks import check_cache, check_float_array, check_int, check_is_array, check_keys, dtype_str
 from .._windows import conv_output_size, window_max, window_max_grad
 from ..backends import namespace
 
-__all__ = ["max_pool_forward", "max_pool_backward", "MaxPoolCache"]
+__all__ = ["max_pool_forward", "max_pool_backward", "MaxPoolCache", "POOL_PARAM_KEYS"]
+
+#: The keys pool_param holds, all required (any other, e.g. 'pad', is a ValueError).
+POOL_PARAM_KEYS = ("pool_height", "pool_width", "stride")
 
 
 class MaxPoolCache(NamedTuple):
@@ -43,7 +46,8 @@ def max_pool_forward(x, pool_param):
 
     Inputs
       x : (N, C, H, W) float32/float64
-      pool_param : dict with 'pool_height', 'pool_width', 'stride' (ints >= 1)
+      pool_param : dict with 'pool_height', 'pool_width', 'stride' (ints >= 1), no
+                   other key (a ValueError)
     Returns
       out   : (N, C, H', W'), x's dtype, H' = 1 + (H - pool_height) // stride,
               W' = 1 + (W - pool_width) // stride
@@ -70,6 +74,8 @@ def max_pool_backward(dout, cache):
       dx : (N, C, H, W); each window's gradient lands on its first maximum
            (row-major order), overlapping windows accumulate.
     """
+    check_cache(cache, "max_pool_backward", MaxPoolCache, "max_pool_forward")
+    check_is_array(dout, "max_pool_backward: dout")
     arg = cache.argmax
     namespace(dout, arg)  # same backend and device, or a clear error
     if tuple(dout.shape) != tuple(arg.shape):
@@ -87,8 +93,9 @@ def _check_pool(xp, x, pool_param):
     if not isinstance(pool_param, dict):
         raise TypeError(f"pool_param: expected a dict with 'pool_height', 'pool_width', 'stride', "
                         f"got {type(pool_param).__name__}")
+    check_keys(pool_param, "pool_param", POOL_PARAM_KEYS)
     vals = []
-    for key in ("pool_height", "pool_width", "stride"):
+    for key in POOL_PARAM_KEYS:
         name = f"pool_param['{key}']"
         if key not in pool_param:
             raise ValueError(f"{name}: missing; expected an integer >= 1")
