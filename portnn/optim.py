@@ -14,11 +14,16 @@ Every rule has the signature::
 
 The returned ``config`` is the same dict object that was passed in (a new one if
 None was passed), updated with the defaults and the new state; feed it back on
-the next step for this parameter. Unknown keys are left alone, so one shared
-``optim_config`` can be copied for every rule.
+the next step for this parameter. A key the rule does not know (a typo such as
+'lr' for 'learning_rate', or another rule's hyper-parameter such as 'beta1' for
+sgd) is a ValueError naming it and the accepted ones (``CONFIG_KEYS``): ignored,
+it would silently train with the default.
 
 Hyper-parameters are Python floats (``float(config[key])``), so a float32
-parameter stays float32 on every backend. All arguments are validated before the
+parameter stays float32 on every backend. Two may also be 0-d arrays, as a
+compiled training step passes them (``Solver(compile=True)``: traced values,
+whose dtype and shape only are checked, never their value): learning_rate, of
+w's dtype, and Adam's t, of an integer dtype. All arguments are validated before the
 config is touched: a call that raises leaves ``config`` exactly as it was.
 
 Defaults (as in the classic CS231n assignment):
@@ -36,13 +41,33 @@ adam           learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8  m, v, t
 from __future__ import annotations
 
 import math
+import numbers
 
 import array_api_compat as aac
 
-from ._checks import check_array_beside, check_float_array, check_float_in, check_int, check_same_dtype, check_shape, dtype_str
+from ._checks import (
+    check_array_beside,
+    check_float_array,
+    check_float_in,
+    check_int,
+    check_keys,
+    check_same_dtype,
+    check_shape,
+    dtype_str,
+)
 from .backends import namespace
 
-__all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "get_update_rule"]
+__all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES", "CONFIG_KEYS", "get_update_rule",
+           "check_config_keys"]
+
+#: The keys each rule's config may hold: its hyper-parameters and the state it
+#: writes back itself (module docstring). Any other key is a ValueError.
+CONFIG_KEYS = {
+    "sgd": ("learning_rate",),
+    "sgd_momentum": ("learning_rate", "momentum", "velocity"),
+    "rmsprop": ("learning_rate", "decay_rate", "epsilon", "cache"),
+    "adam": ("learning_rate", "beta1", "beta2", "epsilon", "m", "v", "t"),
+}
 
 
 # -- validation (runs before anything is written to config) -------------------------------
@@ -63,11 +88,12 @@ def _check_params(w, dw):
     return xp
 
 
-def _check_config(config):
+def _check_config(config, rule):
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise TypeError(f"config: expected a dict or None, got {type(config).__name__}")
+    check_keys(config, "config", CONFIG_KEYS[rule])
     return config
 
 
@@ -75,8 +101,23 @@ def _real(config, key, default, lo=-math.inf, hi=math.inf, lo_open=False, hi_ope
     return check_float_in(config.get(key, default), f"config[{key!r}]", lo, hi, lo_open, hi_open, expected)
 
 
-def _learning_rate(config, default):
-    return _real(config, "learning_rate", default, lo=0.0, expected="a finite number >= 0")
+def _is_0d_array(v):
+    """An array value (not a Python or NumPy number: those keep the float path)."""
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, numbers.Number)
+
+
+def _learning_rate(config, default, w):
+    """A finite float >= 0, or a 0-d array of w's dtype (a compiled step's traced
+    rate: only its dtype and shape are checked, its value is never read)."""
+    v = config.get("learning_rate", default)
+    if not _is_0d_array(v):
+        return _real(config, "learning_rate", default, lo=0.0, expected="a finite number >= 0")
+    check_array_beside(w, v, "config['learning_rate']", "a finite number >= 0 or a 0-d array")
+    if v.dtype != w.dtype:
+        raise TypeError(f"config['learning_rate']: expected a number or a 0-d array of dtype "
+                        f"{dtype_str(w.dtype)} (the dtype of w), got dtype {dtype_str(v.dtype)}")
+    check_shape(v, "config['learning_rate']", ())
+    return v
 
 
 def _unit_interval(config, key, default):
@@ -88,9 +129,18 @@ def _epsilon(config, default):
     return _real(config, "epsilon", default, lo=0.0, lo_open=True, expected="a finite number > 0")
 
 
-def _step_count(config):
-    return check_int(config.get("t", 0), "config['t']", minimum=0,
-                     expected="a non-negative integer step count")
+def _step_count(xp, config, w):
+    """A non-negative int, or a 0-d integer array (a compiled step's traced count:
+    dtype and shape checked, value never read)."""
+    t = config.get("t", 0)
+    if not _is_0d_array(t):
+        return check_int(t, "config['t']", minimum=0, expected="a non-negative integer step count")
+    check_array_beside(w, t, "config['t']", "a non-negative integer step count or a 0-d integer array")
+    if not xp.isdtype(t.dtype, "integral"):
+        raise TypeError(f"config['t']: expected an integer step count or a 0-d integer array, "
+                        f"got dtype {dtype_str(t.dtype)}")
+    check_shape(t, "config['t']", ())
+    return t
 
 
 def _state(xp, config, key, w):
@@ -124,9 +174,9 @@ def sgd(w, dw, config=None):
     config: learning_rate (float >= 0, default 1e-2)
     Returns (next_w of shape S, config).
     """
-    config = _check_config(config)
+    config = _check_config(config, "sgd")
     xp = _check_params(w, dw)
-    lr = _learning_rate(config, 1e-2)
+    lr = _learning_rate(config, 1e-2, w)
 
     (next_w,) = _keep_0d(xp, w, w - lr * dw)
     config.setdefault("learning_rate", lr)
@@ -143,9 +193,9 @@ def sgd_momentum(w, dw, config=None):
             velocity (array of shape S, created as zeros)
     Returns (next_w of shape S, config) with config["velocity"] the new v.
     """
-    config = _check_config(config)
+    config = _check_config(config, "sgd_momentum")
     xp = _check_params(w, dw)
-    lr = _learning_rate(config, 1e-2)
+    lr = _learning_rate(config, 1e-2, w)
     mu = _unit_interval(config, "momentum", 0.9)
     v = _state(xp, config, "velocity", w)
 
@@ -168,9 +218,9 @@ def rmsprop(w, dw, config=None):
             epsilon > 0 (default 1e-8), cache (array of shape S, created as zeros)
     Returns (next_w of shape S, config) with config["cache"] the new cache.
     """
-    config = _check_config(config)
+    config = _check_config(config, "rmsprop")
     xp = _check_params(w, dw)
-    lr = _learning_rate(config, 1e-2)
+    lr = _learning_rate(config, 1e-2, w)
     rho = _unit_interval(config, "decay_rate", 0.99)
     eps = _epsilon(config, 1e-8)
     cache = _state(xp, config, "cache", w)
@@ -198,21 +248,21 @@ def adam(w, dw, config=None):
             created as zeros), t (int, number of steps taken, default 0)
     Returns (next_w of shape S, config) with config["m"], ["v"], ["t"] updated.
     """
-    config = _check_config(config)
+    config = _check_config(config, "adam")
     xp = _check_params(w, dw)
-    lr = _learning_rate(config, 1e-3)
+    lr = _learning_rate(config, 1e-3, w)
     beta1 = _unit_interval(config, "beta1", 0.9)
     beta2 = _unit_interval(config, "beta2", 0.999)
     eps = _epsilon(config, 1e-8)
-    t = _step_count(config) + 1
+    t = _step_count(xp, config, w) + 1
     m = _state(xp, config, "m", w)
     v = _state(xp, config, "v", w)
 
     m = beta1 * m + (1.0 - beta1) * dw
     v = beta2 * v + (1.0 - beta2) * (dw * dw)
-    # Python-float corrections keep float32 arrays float32.
-    m_hat = m / (1.0 - beta1**t)
-    v_hat = v / (1.0 - beta2**t)
+    c1, c2 = _bias_corrections(xp, beta1, beta2, t, w.dtype)
+    m_hat = m / c1
+    v_hat = v / c2
     next_w = w - lr * m_hat / (xp.sqrt(v_hat) + eps)
     next_w, m, v = _keep_0d(xp, w, next_w, m, v)
     config.setdefault("learning_rate", lr)
@@ -223,6 +273,16 @@ def adam(w, dw, config=None):
     config["v"] = v
     config["t"] = t
     return next_w, config
+
+
+def _bias_corrections(xp, beta1, beta2, t, dtype):
+    """(1 - beta1**t, 1 - beta2**t) that keep float32 maths float32: Python floats
+    for an int t (as always); for an array t, computed in float64 like the Python
+    floats (1 - 0.999**t in float32 would lose 4 digits) and then cast to ``dtype``."""
+    if isinstance(t, int):
+        return 1.0 - beta1**t, 1.0 - beta2**t
+    tf = xp.astype(t, xp.float64)
+    return xp.astype(1.0 - beta1**tf, dtype), xp.astype(1.0 - beta2**tf, dtype)
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
@@ -247,3 +307,15 @@ def get_update_rule(name):
         raise ValueError(
             f"update_rule: unknown update rule {name!r}; known rules: {sorted(UPDATE_RULES)}"
         ) from None
+
+
+def check_config_keys(update_rule, config, name="optim_config"):
+    """Refuse, before any step, the keys of ``config`` (a dict or None) that the
+    update rule (a name of UPDATE_RULES or one of its rules) does not accept; the
+    message starts with ``name``. A custom callable is not checked (it may take
+    anything). The rules check their own config on every call as well."""
+    rule = get_update_rule(update_rule)
+    for key, fn in UPDATE_RULES.items():
+        if fn is rule:
+            check_keys(config or {}, name, CONFIG_KEYS[key])
+            return

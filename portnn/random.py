@@ -9,7 +9,9 @@ in standard integer operations only:
 * 32-bit words are held in **int64** arrays with values in [0, 2**32): torch on
   the CPU has no uint32 add or shift. Only ``+ ^ & | << >>`` are used, every sum
   is reduced with ``& 0xFFFFFFFF`` before it can matter, and every intermediate
-  stays below 2**63 (int64 overflow is unspecified by the standard).
+  stays below 2**63 (int64 overflow is unspecified by the standard). JAX has
+  int64 only with ``jax_enable_x64``: without it a draw raises a BackendError
+  saying how to enable it (int32 words would silently give wrong bits).
 * Outputs are produced from integers by exact operations (integer compare for
   masks; exact int -> float conversion and power-of-two scaling for uniforms),
   so the SAME seed gives the SAME bits/floats/masks on numpy, array_api_strict,
@@ -41,29 +43,45 @@ Public functions
 threefry2x32(k0, k1, c0, c1, rounds=20)      device arrays -> (w0, w1)
 threefry2x32_host(k0, k1, c0, c1, rounds=20) Python ints -> (w0, w1)
 fold_in(seed, *data) -> int                  derived 63-bit seed (host)
+device_key(seed, xp, device) -> DeviceKey    a seed as two 0-d int64 key words
+fold_in_device(key, *data) -> DeviceKey      fold_in on the device (traceable)
 random_bits(seed, n, xp, device, offset=0)   int64 (n,) words in [0, 2**32)
 uniform(seed, shape, xp, device, dtype, offset=0)  floats in [0, 1)
 keep_mask(seed, shape, p, xp, device, offset=0)    bool, True w.p. p
 host_generator(seed) -> numpy.random.Generator      seeded host init
 new_seed() -> int                                   fresh 63-bit seed
+
+Device keys. Under a compiler's tracing (``Solver(compile=True)`` on JAX) a
+seed that depends on the step must not be a Python int: it would be baked into
+the compiled program. ``fold_in_device`` derives it on the device instead, as a
+``DeviceKey`` of two 0-d int64 arrays holding exactly the key words of the host
+``fold_in``'s seed (``device_key(fold_in(s, a, b)) == fold_in_device(
+device_key(s), a, b)``, word for word); ``random_bits``, ``uniform`` and
+``keep_mask`` accept one wherever they take a seed and give the same bits.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import secrets
+from typing import Any, NamedTuple
 
 import numpy as np  # host side only: host_generator
 
 from ._checks import check_int
-from .backends import namespace
+from .backends import BackendError, namespace
+from .backends.jax_backend import X64_HINT
 
 __all__ = [
     "ROUNDS",
     "threefry2x32",
     "threefry2x32_host",
     "fold_in",
+    "DeviceKey",
+    "device_key",
+    "fold_in_device",
     "random_bits",
     "uniform",
     "keep_mask",
@@ -126,7 +144,23 @@ def _offset(offset):
     return offset
 
 
+class DeviceKey(NamedTuple):
+    """A seed held on the device: its low and high 32-bit words as 0-d int64
+    arrays (values in [0, 2**32)), so that it can be a traced value."""
+
+    k0: Any
+    k1: Any
+
+
 def _key(seed):
+    """The key words (k0, k1) of a seed: Python ints, or 0-d arrays for a DeviceKey."""
+    if isinstance(seed, DeviceKey):
+        for name, w in (("seed.k0", seed.k0), ("seed.k1", seed.k1)):
+            if isinstance(w, (bool, int)) or not hasattr(w, "dtype") or tuple(w.shape) != ():
+                raise TypeError(f"{name}: expected a 0-d int64 array, got {w!r}")
+            if w.dtype != namespace(w).int64:  # dtype only: no device read
+                raise TypeError(f"{name}: expected a 0-d int64 array, got dtype {w.dtype}")
+        return seed.k0, seed.k1
     seed = _u64(seed, "seed")
     return seed & _M, seed >> 32
 
@@ -247,6 +281,33 @@ def fold_in(seed, *data):
     return s
 
 
+def device_key(seed, xp, device=None):
+    """``seed`` (int in [0, 2**64)) as a DeviceKey of 0-d int64 arrays on ``device``."""
+    k0, k1 = _key(seed)
+    _check_int64(xp, device)
+    return DeviceKey(*(xp.asarray(w, dtype=xp.int64, device=device) for w in (k0, k1)))
+
+
+def fold_in_device(key, *data):
+    """``fold_in`` on the device, for seeds that depend on traced values.
+
+    key : DeviceKey (``device_key(seed)``); data : ints in [0, 2**63) or 0-d int64
+    arrays (e.g. a traced step count), at least one array among key and data.
+    returns a DeviceKey whose words are those of ``fold_in(seed, *data)``
+    (bit-identical: the same 20-round Threefry call per datum).
+    """
+    k0, k1 = _key(key)
+    for j, d in enumerate(data):
+        if isinstance(d, numbers.Integral) or not hasattr(d, "dtype"):
+            d = _checked_int(d, f"data[{j}]", 0, 2**63, "an int in [0, 2**63)")
+        w0, w1 = threefry2x32(k0, k1, d & _M, d >> 32, REFERENCE_ROUNDS)
+        # The host keeps the new seed below 2**63: its high word loses bit 31.
+        k0, k1 = w0, w1 & 0x7FFFFFFF
+    xp = namespace(k0, k1)
+    # NumPy turns 0-d arithmetic into scalars: keep the words 0-d arrays.
+    return DeviceKey(xp.asarray(k0), xp.asarray(k1))
+
+
 def new_seed():
     """A fresh random seed (int in [0, 2**63)) from the OS entropy pool, for
     unseeded dropout: draws stay reproducible if the caller records it."""
@@ -272,14 +333,18 @@ def _counter_words(seed, start, m, xp, device, rounds):
     word is a host constant and round 0 is folded into the arange start.
     """
     k0, k1 = _key(seed)
+    _check_int64(xp, device)
     ks = _schedule(k0, k1)
     hi = start >> 32
     if m > 0 and ((start + m - 1) >> 32) == hi:
         lo = start & _M
         x1c = (hi + k1) & _M  # scalar x1 after key insertion
         # round 0 with a scalar x1: x0 = c0 + k0 + x1c ; x1 = rotl(x1c, R0) ^ x0
-        base = lo + k0 + x1c
-        x0 = xp.arange(base, base + m, dtype=xp.int64, device=device)
+        if isinstance(k0, int):
+            base = lo + k0 + x1c
+            x0 = xp.arange(base, base + m, dtype=xp.int64, device=device)
+        else:  # a DeviceKey: arange needs host bounds, the key part is added on the device
+            x0 = xp.arange(lo, lo + m, dtype=xp.int64, device=device) + (k0 + x1c)
         r = _ROT[0]
         x1 = x0 ^ (((x1c << r) & _M) | (x1c >> (32 - r)))
         x1 &= _M
@@ -299,6 +364,23 @@ def _counter_words(seed, start, m, xp, device, rounds):
     x0, x1 = _mix_rounds(x0, x1, ks, rounds, first)
     x0 &= _M
     return x0, x1
+
+
+_INT64_OK = set()  # namespaces whose int64 arrays were seen to be int64
+
+
+def _check_int64(xp, device):
+    """BackendError unless ``xp`` really creates int64 arrays (JAX without
+    jax_enable_x64 silently gives int32, and the 32-bit words would overflow).
+    Probed once per namespace with an empty array (no data moves)."""
+    if xp in _INT64_OK:
+        return
+    got = xp.zeros((0,), dtype=xp.int64, device=device).dtype
+    if got != xp.int64:
+        raise BackendError(
+            f"portnn.random: the Threefry generator (dropout masks) needs int64 arrays, but "
+            f"{getattr(xp, '__name__', xp)} gives {got} (JAX in 32-bit mode); {X64_HINT}")
+    _INT64_OK.add(xp)
 
 
 def _interleave(a, b, xp, start, n):

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 from . import optim
 from . import random as prandom
@@ -98,8 +99,18 @@ class Solver:
         dropout masks. An exception on one rank aborts every rank
         (``comm.abort``) instead of leaving the others waiting. train(),
         save_checkpoint() are collective: call them on every rank.
+    compile : True runs each step (loss, gradients, update) as one compiled
+        program (``Backend.compile``: JAX's jit; other backends raise a
+        BackendError). Same results to float32 rounding, same dropout masks;
+        compiled once for a fixed batch size (plus once or twice as the optimizer
+        state and batchnorm statistics appear), learning-rate decay and schedules
+        included. Needs on_nonfinite="raise" and no comm. Under it the update rule
+        is traced: a custom rule gets learning_rate (and t, if it keeps one) as 0-d
+        arrays. A run's way of computing, not part of its state: pass it again to
+        ``portnn.load`` / ``from_state`` to resume compiled.
     After ``train()``: loss_history (one float per iteration), train_acc_history,
-    val_acc_history (one at the start, then one per epoch), best_val_acc,
+    val_acc_history (one at the start, then one per epoch; a batchnorm model that
+    was never trained cannot score, so its histories start after epoch 1), best_val_acc,
     best_params and best_buffers (their batchnorm statistics; both also copied
     into the model), skipped_iterations.
     State: ``state()`` is everything a resumed run needs (portnn.training_state);
@@ -127,6 +138,7 @@ class Solver:
         metadata=None,
         on_nonfinite="raise",
         comm=None,
+        compile=False,
     ):
         self.model = model
         self.backend = model.backend
@@ -136,6 +148,7 @@ class Solver:
                         num_train_samples=num_train_samples, num_val_samples=num_val_samples,
                         checkpoint_name=checkpoint_name, print_every=print_every, verbose=verbose, seed=seed,
                         metadata=metadata, on_nonfinite=on_nonfinite)
+        self._set_compile(compile, comm)  # before the communicator touches the model
         self.callbacks = list(callbacks or [])
         self.comm = comm
         if comm is not None:
@@ -147,6 +160,28 @@ class Solver:
             # permission). Only the rank that writes checks: the others may not see the folder.
             check_writable(f"{self.checkpoint_name}_epoch_1.npz", "checkpoint_name")
         self._reset()
+
+    def _set_compile(self, compile, comm):
+        """compile=True: check that it can work here and build the compiled step."""
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected True or False, got {compile!r}")
+        self.compile = compile
+        self._compiled = None
+        if not compile:
+            return
+        self.backend.compile(lambda: None)  # BackendError here unless the backend compiles
+        self._check_compile_with(self.on_nonfinite)
+        if comm is not None:
+            raise ValueError("compile: compile=True does not support data-parallel training (comm); "
+                             "use compile=False with comm")
+        self._compiled = _CompiledStep(self)
+
+    def _check_compile_with(self, on_nonfinite):
+        if self.compile and on_nonfinite == "skip":
+            raise ValueError(
+                "on_nonfinite: 'skip' decides at every step on the host whether to apply it (one device "
+                "read per step), which a compiled step avoids; use on_nonfinite='raise' (the default, "
+                "checked at each report) with compile=True")
 
     def _configure(self, *, update_rule, optim_config, lr_decay, lr_schedule, batch_size, num_epochs,
                    num_train_samples, num_val_samples, checkpoint_name, print_every, verbose, seed, metadata,
@@ -161,6 +196,7 @@ class Solver:
         else:
             raise TypeError(f"update_rule: expected a name or a callable, got {update_rule!r}")
         self.optim_config = dict(optim_config or {})
+        optim.check_config_keys(self.update_rule, self.optim_config)  # a typo ('lr') would train at the default
         if "learning_rate" in self.optim_config:
             check_float_in(self.optim_config["learning_rate"], "optim_config['learning_rate']", 0.0, math.inf)
         if lr_schedule is not None:
@@ -247,6 +283,7 @@ class Solver:
             kwargs = state.settings()
             if kwargs["update_rule"] == self.update_rule_name:
                 kwargs["update_rule"] = self.update_rule  # keeps a custom callable
+            self._check_compile_with(kwargs["on_nonfinite"])
             self._configure(**kwargs)
         state.restore(self)
         self._pending_losses = []
@@ -289,15 +326,14 @@ class Solver:
         xp = self.backend.xp
         X_batch, y_batch = self._to_device(idx)
         self._apply_schedule()
+        if self._compiled is not None:
+            self._pending_losses.append((self.iteration + 1, self._compiled(X_batch, y_batch)))
+            self.model.advance_rng()
+            return
         loss, grads = self.model._forward_backward(X_batch, y_batch)  # no validation; loss stays on the device
         if self.comm is not None:
             loss, grads = self._allreduce_step(loss, grads)
-        # NaN/Inf anywhere in a gradient makes its sum non-finite: one cheap
-        # reduction per parameter, read back later together with the loss.
-        grad_sum = None
-        for g in grads.values():
-            grad_sum = xp.sum(g) if grad_sum is None else grad_sum + xp.sum(g)
-        health = xp.stack([loss, grad_sum])
+        health = _health(xp, loss, grads)
         self._pending_losses.append((self.iteration + 1, health))
         if self.on_nonfinite == "skip" and not bool(xp.all(xp.isfinite(health))):
             self.skipped_iterations.append(self.iteration + 1)
@@ -398,7 +434,10 @@ class Solver:
         n = self.X_train.shape[0]
         log = _Reporter(self)
         self.stop_training = False
-        if self.epoch == 0 and not self.val_acc_history:
+        # A batchnorm model cannot score before its first step (no running statistics):
+        # its first accuracies are those after epoch 1.
+        untrained = getattr(self.model, "running_stats_missing", lambda: [])()
+        if self.epoch == 0 and not self.val_acc_history and not untrained:
             self._end_of_epoch_checks()
             log.epoch_line()
         while self.epoch < self.num_epochs and not self.stop_training:
@@ -547,6 +586,126 @@ class Solver:
                 raise mark_all_ranks(ValueError(
                     f"comm: rank {r} disagrees with rank 0 on {k} ({sig[k]!r} vs {every[0][k]!r}); "
                     f"every rank must build the same model and Solver on the same data"))
+
+
+def _health(xp, loss, grads):
+    """stack([loss, sum of every gradient's sum]) (2,): NaN/Inf anywhere in a gradient
+    makes its sum non-finite, so one cheap reduction per parameter, read back later
+    together with the loss, is the whole divergence check."""
+    grad_sum = None
+    for g in grads.values():
+        grad_sum = xp.sum(g) if grad_sum is None else grad_sum + xp.sum(g)
+    return xp.stack([loss, grad_sum])
+
+
+class _Program(NamedTuple):
+    fn: Any  # the compiled pure step (_CompiledStep._trace_step's signature)
+    statics_out: dict  # param -> {key: Python value} the update rule left in its config
+
+
+class _CompiledStep:
+    """Solver(compile=True): loss, gradients and update of one step as ONE compiled
+    program (``Backend.compile``, i.e. jax.jit), called once per step.
+
+    The program is pure:
+      (params, buffers, states, lrs, ts, X, y, rng_step) -> (params, buffers, states, health)
+      params, buffers : name -> array (the model's; batchnorm statistics)
+      states : param -> {key: array}, the optimizer state (velocity, cache, m, v)
+      lrs : param -> 0-d array of the model's dtype, config['learning_rate']
+      ts : param -> 0-d integer array, config['t'] (for rules that keep one)
+      X (B, ...), y (B,) : the batch; rng_step : 0-d integer array (dropout masks)
+      health : (2,) stack([loss, sum of gradient sums]), as the eager step
+    Learning rate and t stay Python numbers on the host (t + 1 per step there), so
+    decay and schedules change an input, never the program. The other config
+    values (momentum, beta1, epsilon, ...) are static: captured by the trace, and
+    part of the key of the program cache together with the structure of the
+    inputs (which state arrays exist), so every program is traced exactly once:
+    a run traces 1-3 times (the first steps create optimizer state, batchnorm
+    statistics and the defaults), not once per step.
+    """
+
+    def __init__(self, solver):
+        self.solver = solver
+        self.traces = 0  # Python traces so far (a retrace per step would show here)
+        self._programs = {}
+
+    def __call__(self, X, y):
+        """One step on the device batch (X, y); installs the new state on the model
+        and in solver.optim_configs; returns health (2,), still on the device."""
+        s, model = self.solver, self.solver.model
+        key, statics, states, lrs, ts = self._inputs()
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = self._new_program(statics)
+        rng_step = self._scalar(model.rng_step, s.backend.index_dtype, {})
+        params, buffers, states, health = program.fn(
+            dict(model.params), model.buffers(), states, lrs, ts, X, y, rng_step)
+        model.params.update(params)  # in place, keeping the model's order, as the eager step
+        model._set_buffers_unchecked(buffers)
+        for name, config in s.optim_configs.items():
+            config.update(program.statics_out[name])
+            config.update(states[name])
+            if name in ts:
+                config["t"] = int(config["t"]) + 1
+        return health
+
+    def _inputs(self):
+        """(cache key, statics, states, lrs, ts) from the host optimizer configs."""
+        be, model = self.solver.backend, self.solver.model
+        made = {}  # one device scalar per distinct value (params usually share lr and t)
+        key, statics, states, lrs, ts = [], {}, {}, {}, {}
+        for name, config in self.solver.optim_configs.items():
+            states[name] = {k: v for k, v in config.items() if be.is_array(v)}
+            statics[name] = {k: v for k, v in config.items()
+                             if k not in states[name] and k not in ("learning_rate", "t")}
+            if "learning_rate" in config and "learning_rate" not in states[name]:
+                lrs[name] = self._scalar(float(config["learning_rate"]), model.dtype, made)
+            if "t" in config and "t" not in states[name]:
+                ts[name] = self._scalar(int(config["t"]), be.index_dtype, made)
+            key.append((name, tuple(sorted(statics[name].items())), tuple(sorted(states[name])),
+                        name in lrs, name in ts))
+        key.append(tuple(sorted(model.buffers())))
+        # What else the trace reads as Python values (a changed one needs a new program).
+        key.append((self.solver.update_rule, model.reg, model.seed, model.rng_stream))
+        return tuple(key), statics, states, lrs, ts
+
+    def _scalar(self, value, dtype, made):
+        be = self.solver.backend
+        dt = be.dtype_of(dtype)
+        if (value, dt) not in made:
+            made[value, dt] = be.xp.asarray(value, dtype=dt, device=be.device)
+        return made[value, dt]
+
+    def _new_program(self, statics):
+        statics_out = {}  # filled while tracing: Python values are fixed by the trace
+
+        def step(params, buffers, states, lrs, ts, X, y, rng_step):
+            self.traces += 1
+            return self._trace_step(statics, statics_out, params, buffers, states, lrs, ts, X, y, rng_step)
+
+        return _Program(self.solver.backend.compile(step), statics_out)
+
+    def _trace_step(self, statics, statics_out, params, buffers, states, lrs, ts, X, y, rng_step):
+        """The body of the program (runs on traced values, once per program)."""
+        s, model = self.solver, self.solver.model
+        params = {k: params[k] for k in model.params}  # the model's order (regularisation sums in it)
+        with model._traced_state(params, buffers, rng_step):
+            loss, grads = model._forward_backward(X, y)
+            new_buffers = model.buffers()
+        new_params, new_states = {}, {}
+        for name, w in params.items():
+            config = dict(statics[name], **states[name])
+            traced = {}
+            if name in lrs:
+                traced["learning_rate"] = lrs[name]
+            if name in ts:
+                traced["t"] = ts[name]
+            config.update(traced)
+            new_params[name], config = s.update_rule(w, grads[name], config)
+            arrays = {k: v for k, v in config.items() if s.backend.is_array(v)}
+            new_states[name] = {k: v for k, v in arrays.items() if k not in traced}
+            statics_out[name] = {k: v for k, v in config.items() if k not in arrays}
+        return new_params, new_buffers, new_states, _health(s.backend.xp, loss, grads)
 
 
 class _Reporter:

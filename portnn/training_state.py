@@ -35,7 +35,9 @@ meta fields (one flat dict)
     state that is not an array, e.g. Adam's t, the decayed learning_rate).
 
 Not part of the state: the data, callbacks, the communicator (and the model's
-per-rank dropout stream), last_checkpoint.
+per-rank dropout stream), last_checkpoint, and ``compile`` (how steps are
+computed, not what: a compiled run's checkpoint resumes eagerly, on any backend,
+unless compile=True is passed again).
 
 The Solver attributes read and written here are its public ones: model,
 optim_configs, best_params, best_buffers, epoch, iteration, the histories,

@@ -2,7 +2,7 @@
 
 Parametrised over numpy, array_api_strict (default device AND the fake "device1",
 which behaves like a GPU: mixing devices or converting to NumPy implicitly
-raises), torch (CPU) and cupy. A backend that cannot run here is reported as
+raises), torch (CPU), jax (CPU: immutable arrays) and cupy. A backend that cannot run here is reported as
 SKIPPED with the reason (e.g. "cupy: no GPU visible"), never silently dropped.
 Narrow the set with PORTNN_TEST_BACKENDS=numpy,torch.
 """
@@ -14,7 +14,18 @@ import pytest
 
 from portnn.backends import BackendError, get_backend
 
-BACKEND_SPECS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy"]
+BACKEND_SPECS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "jax", "cupy"]
+
+# float64 runs on JAX only with 64-bit types enabled, a process-wide switch that must be
+# set before any JAX array exists. The tests set it (the gradient checks need float64);
+# portnn itself never does: on a 32-bit JAX a float64 request raises a BackendError
+# saying how to enable it (tests/test_jax.py checks that in a fresh process).
+try:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+except ImportError:  # jax is an optional extra; its leg is reported as skipped
+    pass
 
 
 def _reason_unavailable(spec):

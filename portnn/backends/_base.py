@@ -132,6 +132,16 @@ class Backend:
             return np.asarray(x)
         return self._host_copy(x)
 
+    # -- compilation ----------------------------------------------------------
+    def compile(self, fn):
+        """``fn`` (a pure function of arrays and dicts of arrays) as one compiled
+        program, for ``Solver(compile=True)``. Only backends that trace and
+        compile (JAX) have it; here a BackendError says so."""
+        raise BackendError(
+            f"{self.name}: cannot compile a training step; compile=True needs the jax backend "
+            f"(pip install 'portnn[jax]')"
+        )
+
     # -- identity -------------------------------------------------------------
     def is_array(self, x) -> bool:
         """True when x is an array of this backend (device not checked)."""

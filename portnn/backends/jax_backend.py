@@ -52,6 +52,15 @@ class JaxBackend(Backend):
             raise BackendError(f"jax: float64 requested but JAX runs in 32-bit mode; {X64_HINT}")
         return dt
 
+    def compile(self, fn):
+        """``jax.jit(fn)``: fn is traced on its first call (and again only when the
+        structure, shapes or dtypes of its inputs change) and runs as one XLA program.
+        A host read of a traced value inside fn (float(), int(), bool(), .item())
+        raises jax.errors.ConcretizationTypeError while tracing."""
+        import jax
+
+        return jax.jit(fn)
+
     @property
     def index_dtype(self):
         # Labels and indices: int64 when JAX has it, else its int32 (JAX's own default).

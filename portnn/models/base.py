@@ -3,6 +3,7 @@ initialisation, input validation, L2 regularisation and the state dict."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -61,6 +62,9 @@ class Model:
         # draws its own (still reproducible) dropout masks; 0 = single process.
         self.rng_stream = 0
         self.params = {}
+        # Set only while a compiled step traces the model (``_traced_state``).
+        self._trace = None
+        self._unseeded_trace_seed = None  # seed=None under tracing: drawn once (see _TracedRng)
 
     # ------------------------------------------------------------------ setup
     def _add_param(self, name, host_array):
@@ -79,11 +83,37 @@ class Model:
         self.rng_step += 1
 
     def _dropout_seed(self, layer):
+        """The seed of dropout layer ``layer``'s mask at this step: an int
+        fold_in(seed, rng_step, layer[, rng_stream]), None for fresh masks; while
+        traced, the same key derived on the device from the traced step."""
+        if self._trace is not None:
+            return self._trace.dropout_key(layer)
         if self.seed is None:
             return None  # fresh masks on every call, as in the course code
         if self.rng_stream:
             return prandom.fold_in(self.seed, self.rng_step, layer, self.rng_stream)
         return prandom.fold_in(self.seed, self.rng_step, layer)
+
+    @contextlib.contextmanager
+    def _traced_state(self, params, buffers, rng_step):
+        """Run the model on (possibly traced) state: for a compiled training step.
+
+        params, buffers : name -> array, installed without checks (no host reads)
+        rng_step : 0-d int64 array, the step that dropout masks are drawn for
+        Inside, ``_forward_backward`` uses them and ``buffers()`` gives the new
+        buffers; on exit (also on an error) the model's own params, buffers and
+        rng state are back, so no traced value outlives the trace.
+        """
+        saved = self.params, self.buffers()
+        self.params = dict(params)
+        try:
+            self._set_buffers_unchecked(buffers)
+            self._trace = _TracedRng(self, rng_step)
+            yield self
+        finally:
+            self._trace = None
+            self.params = saved[0]
+            self._set_buffers_unchecked(saved[1])
 
     # ------------------------------------------------------------------ loss
     def _check_inputs(self, X, y):
@@ -143,6 +173,13 @@ class Model:
         if buffers:
             raise KeyError(f"unexpected buffers {sorted(buffers)}")
 
+    def _set_buffers_unchecked(self, buffers: dict) -> None:
+        """Make ``buffers`` (name -> array, maybe traced) the model's buffers,
+        exactly: names not in it are removed. No checks, no host reads (the
+        compiled step's install and restore; ``load_buffers`` is the checked way)."""
+        if buffers:
+            raise KeyError(f"unexpected buffers {sorted(buffers)}")
+
     def checkpoint_meta(self) -> dict:
         """What rebuilds this model from a checkpoint: class name, constructor
         arguments (``config``) and the dropout position (``rng_step``)."""
@@ -194,3 +231,32 @@ class Model:
         cross to the host once per call. Returns a NumPy int64 array (N,).
         """
         return predict_labels(self, X, batch_size)
+
+
+class _TracedRng:
+    """Dropout keys while a model is traced: the host's fold_in(seed, rng_step,
+    layer[, rng_stream]) computed on the device from a traced rng_step (a Python
+    int there would be baked into the compiled program: the same masks at every
+    step). Bit-identical to the host seeds, so compiled and eager runs draw the
+    same masks."""
+
+    def __init__(self, model, rng_step):
+        self.model = model
+        self.rng_step = rng_step
+        self._step_key = None
+
+    def dropout_key(self, layer):
+        model = self.model
+        if self._step_key is None:
+            if model.seed is None:
+                # Unseeded: one fresh seed per model, folded with the traced step,
+                # so masks still differ from step to step.
+                if model._unseeded_trace_seed is None:
+                    model._unseeded_trace_seed = prandom.new_seed()
+                seed = model._unseeded_trace_seed
+            else:
+                seed = model.seed
+            be = model.backend
+            self._step_key = prandom.fold_in_device(prandom.device_key(seed, be.xp, be.device), self.rng_step)
+        data = (layer, model.rng_stream) if model.rng_stream else (layer,)
+        return prandom.fold_in_device(self._step_key, *data)

@@ -22,6 +22,9 @@ class FullyConnectedNet(Model):
     ``dropout_keep_ratio`` is the probability of KEEPING a unit (1 = no dropout).
     ``seed`` makes weight initialisation AND dropout masks deterministic and the
     same on every backend. ``loss(X, y)``: X (N, input_dim) or (N, d1, ...).
+    ``hidden_dims``: the hidden layer sizes, a sequence of ints >= 1 such as
+    [100, 100]. With batchnorm, scores (``loss(X)``, ``predict``) use the running
+    statistics that training creates: an untrained model raises a ValueError.
     """
 
     def __init__(
@@ -37,9 +40,7 @@ class FullyConnectedNet(Model):
         seed=None,
         backend=None,
     ):
-        hidden_dims = list(hidden_dims)
-        for i, h in enumerate(hidden_dims):
-            check_positive_int(h, f"hidden_dims[{i}]")
+        hidden_dims = _layer_sizes(hidden_dims)
         check_positive_int(input_dim, "input_dim")
         check_positive_int(num_classes, "num_classes")
         if normalization not in _NORMALIZATIONS:
@@ -69,6 +70,8 @@ class FullyConnectedNet(Model):
 
     def _forward_backward(self, X, y):
         mode = "test" if y is None else "train"
+        if mode == "test" and self.normalization == "batchnorm":
+            self._check_running_stats()  # a few dict look-ups, no device work
         forward, backward = _NORMALIZATIONS[self.normalization]
         p = self.params
         caches = []
@@ -105,6 +108,26 @@ class FullyConnectedNet(Model):
         loss = self._add_regularisation(loss, grads)
         return loss, grads
 
+    def running_stats_missing(self):
+        """The batchnorm layers (1-based) that have no running statistics yet: all of
+        them before the first training step (or loading a state dict that holds
+        them), none once trained; [] without batchnorm. Scoring needs none missing."""
+        if self.normalization != "batchnorm":
+            return []
+        return [i for i, bp in enumerate(self.bn_params, start=1)
+                if bp.get("running_mean") is None or bp.get("running_var") is None]
+
+    def _check_running_stats(self):
+        """Scores need every batchnorm layer's running statistics: a model that was
+        never trained would otherwise standardise by sqrt(eps) (outputs ~300x off)."""
+        missing = self.running_stats_missing()
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}: batchnorm layer {missing[0]} has no running statistics yet: "
+                "train the model (Solver.train or loss(X, y)) before predicting, or load "
+                "a state dict that holds them"
+            )
+
     def buffers(self):
         out = {}
         if self.normalization == "batchnorm":
@@ -119,6 +142,16 @@ class FullyConnectedNet(Model):
             return []
         return [f"bn{i}.{k}" for i in range(1, self.num_layers) for k in ("running_mean", "running_var")]
 
+    def _set_buffers_unchecked(self, buffers):
+        """Exactly ``buffers`` as the running statistics (Model._set_buffers_unchecked):
+        the compiled step installs traced ones and puts the concrete ones back."""
+        for bp in self.bn_params:
+            bp.pop("running_mean", None)
+            bp.pop("running_var", None)
+        for name, value in buffers.items():
+            layer, key = name[2:].split(".")
+            self.bn_params[int(layer) - 1][key] = value
+
     def load_buffers(self, buffers):
         unknown = set(buffers) - set(self._buffer_names())
         if unknown:
@@ -131,6 +164,22 @@ class FullyConnectedNet(Model):
         for name, value in buffers.items():
             layer, key = name[2:].split(".")
             self.bn_params[int(layer) - 1][key] = value
+
+
+def _layer_sizes(hidden_dims):
+    """hidden_dims as a list of Python ints >= 1: a sequence of sizes, not one int
+    (nor a string, whose characters would be taken for sizes)."""
+    bad = isinstance(hidden_dims, (str, bytes, dict))
+    if not bad:
+        try:
+            sizes = list(hidden_dims)
+        except TypeError:
+            bad = True
+    if bad:
+        raise TypeError(
+            f"hidden_dims: expected a sequence of layer sizes such as [100, 100], got {hidden_dims!r}"
+        )
+    return [check_positive_int(h, f"hidden_dims[{i}]") for i, h in enumerate(sizes)]
 
 
 class TwoLayerNet(FullyConnectedNet):
