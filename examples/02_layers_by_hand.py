@@ -70,8 +70,14 @@ def gradient_errors(be, dtype, host):
     errors = {}
     for name in ("W1", "b1", "W2", "b2", "X"):
         target = X if name == "X" else p[name]
-        # f reads the SAME array that eval_numerical_gradient perturbs in place.
-        f = lambda _: forward_backward(X, y, p)[0]
+
+        # f gets the perturbed array as its argument and uses it (on JAX, whose
+        # arrays are immutable, the perturbed array is a new one).
+        def f(a, name=name):
+            if name == "X":
+                return forward_backward(a, y, p)[0]
+            return forward_backward(X, y, dict(p, **{name: a}))[0]
+
         numeric = eval_numerical_gradient(f, target, h=1e-5)
         errors[name] = rel_error(grads[name], numeric)
     return errors
@@ -83,6 +89,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="Adam steps at the end")
     ap.add_argument("--seed", type=int, default=1, help="seed of the random host data")
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
 
     be = portnn.get_backend(args.backend)
     N, D, H, C = 6, 8, 10, 5

@@ -79,6 +79,7 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
     epochs = 2 if args.quick else args.epochs
 
     backend = portnn.get_backend(args.backend)  # fails here, with the reason, if unusable

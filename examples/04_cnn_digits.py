@@ -47,6 +47,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", metavar="PNG", default=None, help="write training curves and filters here")
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
     if args.quick:
         args.epochs, args.num_train = 2, 300
 

@@ -65,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
 
     folder = os.path.expanduser(args.data_dir)
     if not os.path.isdir(folder):

@@ -62,6 +62,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="folder for the files (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the run is resumed halfway)")
 

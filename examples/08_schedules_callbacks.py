@@ -76,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="300 training images, patience 1 (smoke test)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    portnn.backends.enable_64bit(args.backend)  # a program may: JAX needs it for float64 / dropout
 
     data = load_digits()
     if args.quick:

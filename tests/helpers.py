@@ -47,3 +47,19 @@ def grad_ok(analytic, numeric, rtol=1e-6, atol=1e-8):
     bias feeding batchnorm) an absolute difference below atol."""
     a, n = to_np(analytic), to_np(numeric)
     return rel_error(a, n) < rtol or float(np.max(np.abs(a - n))) < atol
+
+
+def loss_of_param(model, name, X, y):
+    """f(w) = model's loss with params[name] replaced by w, for the numerical gradient
+    checks: it uses its argument, so it works on immutable arrays (JAX), where the
+    perturbed array is a new one, as well as on mutable ones."""
+
+    def f(w):
+        old = model.params[name]
+        model.params[name] = w
+        try:
+            return model.loss(X, y)[0]
+        finally:
+            model.params[name] = old
+
+    return f
