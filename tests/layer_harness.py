@@ -95,13 +95,13 @@ def check_layer(backend, dtype, *, inputs, forward, backward, reference=None, wr
     wrt = tuple(wrt)
     dout_host = None  # drawn after the first forward, from the output's shape
 
-    def run(be, strided=False):
+    def run(be, strided=False, readonly=False):
         nonlocal dout_host
-        xs = [_to_backend(be, a, dtype, strided) for a in host]
+        xs = [_to_backend(be, a, dtype, strided, readonly) for a in host]
         out, cache = forward(*xs)
         if dout_host is None:
             dout_host = np.random.default_rng(seed + 1).standard_normal(_shape(out)).astype(dtype)
-        dout = _to_backend(be, dout_host, dtype)
+        dout = _to_backend(be, dout_host, dtype, readonly=readonly)
         grads = backward(dout, cache)
         grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
         return Run(host, xs, out, cache, dout, grads)
@@ -115,6 +115,11 @@ def check_layer(backend, dtype, *, inputs, forward, backward, reference=None, wr
 
     if backend.name != "numpy":
         _assert_same(res, run(get_backend("numpy")), dtype, "[parity] vs numpy")
+
+    if backend.name == "numpy":
+        # Layers never write into their inputs (docs/design.md, rule 7): read-only
+        # NumPy inputs and dout raise on any such write, and must give the same results.
+        _assert_same(run(backend, readonly=True), res, dtype, "[read-only] read-only inputs vs writeable")
 
     if noncontiguous and any(a.ndim for a in host):
         nc = run(backend, strided=True)
@@ -157,9 +162,14 @@ def _host_inputs(inputs, seed, dtype):
     return out
 
 
-def _to_backend(be, a, dtype, strided=False):
-    """Host array -> backend array; strided: a [..., ::2] view of a twice-as-wide array."""
+def _to_backend(be, a, dtype, strided=False, readonly=False):
+    """Host array -> backend array; strided: a [..., ::2] view of a twice-as-wide array;
+    readonly (NumPy only): the array refuses writes."""
     dt = dtype if a.dtype.kind == "f" else None
+    if readonly:
+        x = be.asarray(a, dtype=dt)
+        x.setflags(write=False)
+        return x
     if not strided or a.ndim == 0:
         return be.asarray(a, dtype=dt)
     wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)

@@ -121,3 +121,17 @@ def test_scalar_outputs_and_integer_inputs(backend):
     with pytest.raises(AssertionError, match=r"\[gradient\]"):
         check_layer(backend, "float64", inputs=inputs, forward=forward, reference=ref,
                     backward=lambda d, c: 1.01 * backward(d, c))
+
+
+def test_a_layer_that_writes_into_its_input_fails_on_read_only_numpy():
+    layer = scale_layer()
+    clean_forward = layer["forward"]
+
+    def writing_forward(x, w):
+        out, cache = clean_forward(x, w)
+        x[0, 0] = 0.0  # the bug: a layer writing into its caller's array
+        return out, cache
+
+    layer["forward"] = writing_forward
+    with pytest.raises(ValueError, match="read-only"):
+        check_layer(get_backend("numpy"), "float64", noncontiguous=False, **layer)
