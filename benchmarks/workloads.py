@@ -85,6 +85,9 @@ BY_KEY = {w.key: w for w in WORKLOADS}
 MEMORY_TARGET = ("W5-256", 2.0)  # peak memory of portnn <= 2x PyTorch's on this workload
 
 CPU_IMPLS = ("portnn-numpy", "portnn-torch", "torch")
+# Optional (needs jax; --impls portnn-numpy,portnn-jax-jit,torch): the model's loss+grads
+# as ONE jax.jit program (what Solver(compile=True) runs, minus the update), W1/W5 only.
+JAX_IMPLS = ("portnn-jax", "portnn-jax-jit")
 GPU_IMPLS = ("portnn-cupy", "torch-cuda")
 REFERENCE = {"cpu": "torch", "gpu": "torch-cuda"}
 
@@ -109,7 +112,8 @@ def select(only: str | None):
 def library_of(impl: str) -> str:
     """The array library doing the work (used to pause between libraries)."""
     return {"portnn-numpy": "numpy", "portnn-torch": "torch", "torch": "torch",
-            "portnn-cupy": "cupy", "torch-cuda": "torch-cuda"}[impl]
+            "portnn-cupy": "cupy", "torch-cuda": "torch-cuda", "portnn-jax": "jax",
+            "portnn-jax-jit": "jax"}[impl]
 
 
 # ----------------------------------------------------------------------------- data
@@ -279,6 +283,31 @@ def _build_torch(wl: Workload, device: str, sync):
 # ----------------------------------------------------------------------------- entry
 
 
+def _build_portnn_jit(wl: Workload):
+    """loss+grads of the portnn model as one compiled JAX program (model workloads only)."""
+    from portnn.backends import enable_64bit, get_backend
+
+    if wl.kind not in ("fcn", "cnn"):
+        raise SystemExit(f"--impls portnn-jax-jit: only the model workloads (W1, W5), not {wl.key}")
+    enable_64bit("jax")  # a program may: the traced dropout step counter is int64
+    be = get_backend("jax")
+    host = _host_data(wl)
+    model = _portnn_model(wl, be)
+    X, y = be.asarray(host["X"], dtype="float32"), be.asarray(host["y"])
+    step0 = be.xp.asarray(0, dtype=be.xp.int64)
+
+    def loss_and_grads(params, buffers, X, y):
+        with model._traced_state(params, buffers, step0) as m:
+            return m._forward_backward(X, y)
+
+    compiled = be.compile(loss_and_grads)
+
+    def step():
+        loss, grads = compiled(model.params, model.buffers(), X, y)
+        return float(loss)  # the one device->host read, as model.loss does
+    return step, lambda: step()
+
+
 def sync_for(impl: str):
     """A function that waits for the device of ``impl`` (no-op on the CPU)."""
     if impl == "portnn-cupy":
@@ -306,6 +335,13 @@ def build(key: str, impl: str):
         fn, check = _build_portnn(wl, "torch", sync)
     elif impl == "portnn-cupy":
         fn, check = _build_portnn(wl, "cupy", sync)
+    elif impl == "portnn-jax":
+        from portnn.backends import enable_64bit
+
+        enable_64bit("jax")
+        fn, check = _build_portnn(wl, "jax", sync)
+    elif impl == "portnn-jax-jit":
+        fn, check = _build_portnn_jit(wl)
     elif impl == "torch":
         fn, check = _build_torch(wl, "cpu", sync)
     elif impl == "torch-cuda":

@@ -157,6 +157,9 @@ def _add_optim_options(t):
 
 def _add_run_options(t):
     g = t.add_argument_group("checkpoints, outputs and processes")
+    g.add_argument("--compile", action="store_true",
+                   help="run each training step as one compiled program (Solver(compile=True); "
+                        "--backend jax only)")
     g.add_argument("--checkpoint", default=None, metavar="PREFIX",
                    help="write PREFIX_epoch_E.npz (+ .json) checkpoints after every epoch; a PREFIX "
                         "that already holds checkpoints of another run is refused (see --overwrite)")
@@ -556,10 +559,11 @@ def _print_header(args, data, backend, comm, resumed):
 
 def _make_solver(args, data, backend, comm, resumed):
     from . import io
+    from .backends import BackendError
     from .solver import Solver
 
     settings = dict(num_epochs=args.epochs, checkpoint_name=args.checkpoint, verbose=not args.quiet,
-                    print_every=args.print_every or 10**9, num_train_samples=None)
+                    print_every=args.print_every or 10**9, num_train_samples=None, compile=args.compile)
     if args.resume:
         if "data_dir" in args._given:  # the data moved: later resumes look in the new place
             cli = dict(resumed["metadata"]["cli"], data_dir=args.data_dir)
@@ -577,6 +581,8 @@ def _make_solver(args, data, backend, comm, resumed):
             seed=args.seed, metadata={"cli": {k: getattr(args, k) for k in _RUN_OPTIONS}}, comm=comm,
             **settings,
         )
+    except BackendError as e:  # --compile on a backend that cannot compile
+        _error(args, _in_flag_terms(e, "argument --compile"))
     except (TypeError, ValueError) as e:  # a combination of flags that does not fit the data
         _error(args, _in_flag_terms(e, "argument --model"))
 

@@ -78,3 +78,22 @@ def _pythonpath():
     import os
 
     return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HOME": os.environ.get("HOME", "/tmp")}
+
+
+def test_cli_train_on_jax_eager_and_compiled_matches_numpy(capsys):
+    from portnn.cli import main
+
+    results = {}
+    for args in (["--backend", "numpy"], ["--backend", "jax"], ["--backend", "jax", "--compile"]):
+        assert main(["train", "--epochs", "3", "--quiet", *args]) == 0
+        results[" ".join(args)] = capsys.readouterr().out.strip().splitlines()[-1].split("(")[0]
+    # "best val acc 0.9xxx  test acc 0.9xxx": the same accuracies to the digit everywhere
+    assert len(set(results.values())) == 1, results
+
+
+def test_selftest_passes_on_jax():
+    from portnn.selftest import run_selftest
+
+    rows = run_selftest("jax")
+    failed = [(r["check"], r["dtype"], r["error"]) for r in rows if not r["passed"]]
+    assert rows and failed == []
