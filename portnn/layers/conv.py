@@ -133,6 +133,9 @@ def conv_forward(x, w, b, conv_param=None):
         # unless its gradients will come from dout alone ("correlation").
         cols = im2col(xt, HH, WW, stride, Ho, Wo)
         out2 = w2 @ cols
+        # `+=` on the product just made: in place on mutable arrays (no second (F, N*P)
+        # buffer to fault in), a rebinding to a new array on JAX, which has no __iadd__;
+        # nothing relies on aliasing either way (docs/design.md, rule 7).
         out2 += bias
         out = xp.reshape(out2, (F, N, Ho, Wo))
         if algorithm == "correlation":
@@ -281,7 +284,7 @@ def _forward_by_blocks(xp, xt, w2, bias, block, HH, WW, stride, Ho, Wo):
         c = im2col(xt[:, n0:n1, ...], HH, WW, stride, Ho, Wo)
         o = w2 @ c
         del c  # the next block's columns reuse this memory
-        o += bias
+        o += bias  # as above: in place where allowed, rebound on JAX
         out = put(out, (slice(None), slice(n0, n1), Ellipsis), xp.reshape(o, (F, n1 - n0, Ho, Wo)))
     return out
 
