@@ -85,8 +85,9 @@ BY_KEY = {w.key: w for w in WORKLOADS}
 MEMORY_TARGET = ("W5-256", 2.0)  # peak memory of portnn <= 2x PyTorch's on this workload
 
 CPU_IMPLS = ("portnn-numpy", "portnn-torch", "torch")
-# Optional (needs jax; --impls portnn-numpy,portnn-jax-jit,torch): the model's loss+grads
-# as ONE jax.jit program (what Solver(compile=True) runs, minus the update), W1/W5 only.
+# Optional (needs jax; --impls portnn-numpy,portnn-jax,portnn-jax-jit,torch): portnn on
+# jax eager, and each workload as ONE jax.jit program (for W1/W5 what
+# Solver(compile=True) runs, minus the update).
 JAX_IMPLS = ("portnn-jax", "portnn-jax-jit")
 GPU_IMPLS = ("portnn-cupy", "torch-cuda")
 REFERENCE = {"cpu": "torch", "gpu": "torch-cuda"}
@@ -184,7 +185,7 @@ def _build_portnn(wl: Workload, backend_spec: str, sync):
         def step():
             out, cache = L.conv_forward(x, w, b, param)
             grads = L.conv_backward(dout, cache)
-            sync()
+            sync(out, grads)
             return out, grads
         return step, lambda: float((be.to_numpy(step()[1][1]).astype("float64") ** 2).sum())
 
@@ -196,7 +197,7 @@ def _build_portnn(wl: Workload, backend_spec: str, sync):
         def step():
             out, cache = L.max_pool_forward(x, param)
             dx = L.max_pool_backward(dout, cache)
-            sync()
+            sync(out, dx)
             return out, dx
         return step, lambda: float((be.to_numpy(step()[1]).astype("float64") ** 2).sum())
     raise ValueError(wl.kind)
@@ -284,14 +285,40 @@ def _build_torch(wl: Workload, device: str, sync):
 
 
 def _build_portnn_jit(wl: Workload):
-    """loss+grads of the portnn model as one compiled JAX program (model workloads only)."""
+    """The workload's portnn code as one compiled JAX program: a model's loss+grads
+    (what Solver(compile=True) runs, minus the update), or a layer's forward+backward."""
+    from portnn import layers as L
     from portnn.backends import enable_64bit, get_backend
 
-    if wl.kind not in ("fcn", "cnn"):
-        raise SystemExit(f"--impls portnn-jax-jit: only the model workloads (W1, W5), not {wl.key}")
     enable_64bit("jax")  # a program may: the traced dropout step counter is int64
     be = get_backend("jax")
     host = _host_data(wl)
+    if wl.kind in ("conv", "pool"):
+        if wl.kind == "conv":
+            param = {"stride": 1, "pad": wl.params["pad"]}
+            names = ("x", "w", "b", "dout")
+
+            def layer(x, w, b, dout):
+                out, cache = L.conv_forward(x, w, b, param)
+                return out, L.conv_backward(dout, cache)
+        else:
+            param = {"pool_height": wl.params["k"], "pool_width": wl.params["k"], "stride": wl.params["s"]}
+            names = ("x", "dout")
+
+            def layer(x, dout):
+                out, cache = L.max_pool_forward(x, param)
+                return out, (L.max_pool_backward(dout, cache),)
+        compiled_layer = be.compile(layer)
+        args = [be.asarray(host[k], dtype="float32") for k in names]
+        sync = sync_for("portnn-jax")
+
+        def run():
+            out, grads = compiled_layer(*args)
+            sync(out, grads)
+            return out, grads
+        last = 1 if wl.kind == "conv" else 0  # dw for conv, dx for pool (as the eager rows)
+        return run, lambda: float((be.to_numpy(run()[1][last]).astype("float64") ** 2).sum())
+
     model = _portnn_model(wl, be)
     X, y = be.asarray(host["X"], dtype="float32"), be.asarray(host["y"])
     step0 = be.xp.asarray(0, dtype=be.xp.int64)
@@ -309,16 +336,21 @@ def _build_portnn_jit(wl: Workload):
 
 
 def sync_for(impl: str):
-    """A function that waits for the device of ``impl`` (no-op on the CPU)."""
+    """A function ``sync(*results)`` that waits until the device of ``impl`` is done
+    (and JAX, which dispatches asynchronously even on the CPU, has computed results)."""
     if impl == "portnn-cupy":
         import cupy
 
-        return lambda: cupy.cuda.get_current_stream().synchronize()
+        return lambda *results: cupy.cuda.get_current_stream().synchronize()
     if impl == "torch-cuda":
         import torch
 
-        return torch.cuda.synchronize
-    return lambda: None
+        return lambda *results: torch.cuda.synchronize()
+    if impl == "portnn-jax":
+        import jax
+
+        return lambda *results: jax.block_until_ready(results)
+    return lambda *results: None
 
 
 def build(key: str, impl: str):

@@ -47,6 +47,8 @@ from portnn.backends import get_backend  # noqa: E402
 from portnn.layers import (  # noqa: E402
     affine_backward,
     affine_forward,
+    avg_pool_backward,
+    avg_pool_forward,
     batchnorm_backward,
     batchnorm_backward_alt,
     batchnorm_forward,
@@ -318,6 +320,19 @@ def test_max_pool(spec, rng):
     host = BE.to_numpy(x[0]).reshape(-1)
     assert len(np.unique(host)) == host.size, "inputs must be free of ties"
     check_backward(lambda x: max_pool_forward(x, param), max_pool_backward, x, rng, ("dx",))
+
+
+# Average pooling on the same geometries (one more: a window over the whole image).
+# Linear in x, so no kinks: any continuous inputs do.
+AVG_POOL_CASES = {**POOL_CASES, "5x5-s1-whole-image": ((1, 2, 5, 5), 5, 5, 1)}
+
+
+@pytest.mark.parametrize("spec", [pytest.param(v, id=k) for k, v in AVG_POOL_CASES.items()])
+def test_avg_pool(spec, rng):
+    xs, ph, pw, stride = spec
+    param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    x = make_inputs(rng, (normal(*xs),))
+    check_backward(lambda x: avg_pool_forward(x, param), avg_pool_backward, x, rng, ("dx",))
 
 
 CONV_P = {"stride": 1, "pad": 1}

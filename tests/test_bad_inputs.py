@@ -630,6 +630,58 @@ def _(be):
 def _(be): L.max_pool_backward(A(be, 1, 2, 2, 2), None)
 
 
+@row("avg_pool.window_too_large", ValueError, r"pool_param: window 5x5 is larger than the input 4x4")
+def _(be): L.avg_pool_forward(A(be, 1, 2, 4, 4), {"pool_height": 5, "pool_width": 5, "stride": 1})
+
+
+@row("avg_pool.unknown_key", ValueError,
+     r"pool_param: unknown key 'pad' \(accepted: 'pool_height', 'pool_width', 'stride'\)")
+def _(be): L.avg_pool_forward(A(be, 1, 2, 4, 4), dict(POOL, pad=1))
+
+
+@row("avg_pool.nan_propagates")
+def _(be):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    out, _ = L.avg_pool_forward(be.asarray(x), {"pool_height": 2, "pool_width": 2, "stride": 1})
+    o = to_np(out)
+    assert np.isnan(o[0, 0, :2, :2]).all() and np.isfinite(o[0, 0, 2, :]).all() and np.isfinite(o[0, 0, :, 2]).all()
+
+
+@row("avg_pool.non_tiling_floor")
+def _(be):
+    out, cache = L.avg_pool_forward(A(be, 1, 1, 5, 5), POOL)
+    assert tuple(out.shape) == (1, 1, 2, 2)  # as in PyTorch (ceil_mode=False)
+    dx = to_np(L.avg_pool_backward(be.asarray(np.ones((1, 1, 2, 2))), cache))
+    assert (dx[0, 0, :4, :4] == 0.25).all() and (dx[0, 0, 4, :] == 0).all() and (dx[0, 0, :, 4] == 0).all()
+
+
+@row("avg_pool.empty_batch")
+def _(be):
+    out, cache = L.avg_pool_forward(A(be, 0, 2, 4, 4), POOL)
+    assert tuple(out.shape) == (0, 2, 2, 2)
+    assert tuple(L.avg_pool_backward(A(be, 0, 2, 2, 2), cache).shape) == (0, 2, 4, 4)
+
+
+@row("avg_pool.dout_shape", ValueError,
+     r"avg_pool_backward: dout: expected shape \(1, 2, 2, 2\) \(the forward's output\), got \(2, 2, 2\)")
+def _(be):
+    _, cache = L.avg_pool_forward(A(be, 1, 2, 4, 4), POOL)
+    L.avg_pool_backward(A(be, 2, 2, 2), cache)
+
+
+@row("avg_pool.dout_dtype", TypeError,
+     r"avg_pool_backward: dout: expected dtype float64 \(the forward's dtype\), got float32")
+def _(be):
+    _, cache = L.avg_pool_forward(A(be, 1, 2, 4, 4), POOL)
+    L.avg_pool_backward(A(be, 1, 2, 2, 2, dtype="float32"), cache)
+
+
+@row("avg_pool.cache_none", TypeError,
+     r"avg_pool_backward: cache must be what avg_pool_forward returned, got NoneType")
+def _(be): L.avg_pool_backward(A(be, 1, 2, 2, 2), None)
+
+
 # ---------------------------------------------------------------- layer_utils sandwiches
 @row("sandwich.dout_broadcastable", ValueError,
      r"relu_backward: dout: expected shape \(4, 3\) \(the forward's output\), got \(3,\)")

@@ -162,6 +162,8 @@ def _cases():
         "conv": (lambda be: L.conv_forward(*conv_args(be), _CONV), L.conv_backward, "", "conv_backward"),
         "max_pool": (lambda be: L.max_pool_forward(a(be, 2, 3, 4, 4), _POOL), L.max_pool_backward, "",
                      "max_pool_backward"),
+        "avg_pool": (lambda be: L.avg_pool_forward(a(be, 2, 3, 4, 4), _POOL), L.avg_pool_backward,
+                     "avg_pool_backward: ", "avg_pool_backward"),
         # sandwiches: the first part the gradient reaches checks it
         "affine_relu": (lambda be: lu.affine_relu_forward(a(be, 4, 5), a(be, 5, 3, seed=1), a(be, 3, seed=2)),
                         lu.affine_relu_backward, "relu_backward: ", "affine_relu_backward"),
@@ -227,6 +229,8 @@ _KEY_CASES = {
                    r"'grad_algorithm'\)$"),
     "pool_param": (lambda be, p: L.max_pool_forward(_arr(be, 1, 1, 4, 4), p), dict(_POOL, pool_size=2),
                    r"^pool_param: unknown key 'pool_size'; did you mean 'pool_width'\?"),
+    "pool_param_avg": (lambda be, p: L.avg_pool_forward(_arr(be, 1, 1, 4, 4), p), dict(_POOL, pool_size=2),
+                       r"^pool_param: unknown key 'pool_size'; did you mean 'pool_width'\?"),
     "bn_param": (lambda be, p: L.batchnorm_forward(_arr(be, 4, 3), _arr(be, 3), _arr(be, 3), p),
                  {"mode": "train", "momemtum": 0.5}, r"^bn_param: unknown key 'momemtum'; did you mean 'momentum'\?"),
     "ln_param": (lambda be, p: L.layernorm_forward(_arr(be, 4, 3), _arr(be, 3), _arr(be, 3), p),

@@ -200,16 +200,20 @@ BAD = {
 }
 
 
+def bad_x(backend, shape, dtype):
+    """The x of a BAD row on ``backend``: random values as int64, bool or a float dtype."""
+    a = np.random.default_rng(0).standard_normal(shape)
+    if dtype == "int64":
+        return backend.asarray(a.astype(np.int64))
+    if dtype == "bool":
+        return backend.asarray(a > 0)
+    return backend.asarray(a, dtype=dtype)
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_inputs_raise(backend, name):
     shape, dtype, param, exc, match = BAD[name]
-    a = np.random.default_rng(0).standard_normal(shape)
-    if dtype == "int64":
-        x = backend.asarray(a.astype(np.int64))
-    elif dtype == "bool":
-        x = backend.asarray(a > 0)
-    else:
-        x = backend.asarray(a, dtype=dtype)
+    x = bad_x(backend, shape, dtype)
     with pytest.raises(exc, match=match):
         max_pool_forward(x, param)
 

@@ -32,6 +32,7 @@ __all__ = [
     "enable_64bit",
     "namespace",
     "backend_of",
+    "primitives_of",
     "dtype_str",
     "float_dtype_name",
 ]
@@ -184,6 +185,26 @@ def namespace(*arrays):
                 f"device first"
             )
     return xp
+
+
+# namespace -> {primitive name: function}: the accelerated versions of low-level
+# primitives that a backend module registers (docs/design.md, rule 2), resolved once
+# per namespace. A backend module registers by defining owns_namespace(xp) and
+# primitives(); most register none.
+_PRIMITIVES: dict = {}
+
+
+def primitives_of(xp) -> dict:
+    """The primitives the backend owning namespace ``xp`` registered (often none)."""
+    table = _PRIMITIVES.get(xp)
+    if table is None:
+        table = {}
+        for mod in _MODULES.values():
+            owns = getattr(mod, "owns_namespace", None)
+            if owns is not None and owns(xp):
+                table = mod.primitives()
+        _PRIMITIVES[xp] = table
+    return table
 
 
 def _is_strict_array(x) -> bool:

@@ -67,6 +67,18 @@ class JaxBackend(Backend):
         return "int64" if x64_enabled() else "int32"
 
 
+def owns_namespace(xp) -> bool:
+    """Whether ``xp`` is jax.numpy (asked before jax is known to be importable)."""
+    return getattr(xp, "__name__", "") == "jax.numpy"
+
+
+def primitives() -> dict:
+    """JAX's versions of portnn._windows primitives (backends/jax_primitives.py)."""
+    from .jax_primitives import PRIMITIVES
+
+    return PRIMITIVES
+
+
 def make(device=None) -> Backend:
     try:
         import jax

@@ -17,7 +17,7 @@ from .normalization import (
     spatial_groupnorm_backward,
     spatial_groupnorm_forward,
 )
-from .pool import max_pool_backward, max_pool_forward
+from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -28,4 +28,5 @@ __all__ = [
     "spatial_groupnorm_forward", "spatial_groupnorm_backward",
     "dropout_forward", "dropout_backward",
     "conv_forward", "conv_backward", "max_pool_forward", "max_pool_backward",
+    "avg_pool_forward", "avg_pool_backward",
 ]

@@ -1,4 +1,4 @@
-"""Max pooling, written once in the Array API.
+"""Max and average pooling, written once in the Array API.
 
 Forward: a running max over the pool_height*pool_width window-offset slices,
 keeping the offset of each window's FIRST maximum (strict ``>``), so the
@@ -14,17 +14,24 @@ stride-s view, so each elementwise pass runs on unit-stride data. For windows
 that tile the input (2x2 stride 2) this is the reshape-to-(N, C, H/2, 2, W/2, 2)
 trick and the backward writes each offset's gradient once, without
 accumulation; overlapping windows (3x3 stride 2) add into the phase buffer.
+
+Average pooling (same pool_param, no padding) is the window mean
+(portnn._windows.window_mean: a sum along H, then along W, divided by
+pool_height*pool_width in x's dtype); its backward spreads each window's
+dout / (pool_height*pool_width) over the window, overlapping windows
+accumulating, uncovered elements (gaps, border) getting zero.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._checks import check_cache, check_float_array, check_int, check_is_array, check_keys, dtype_str
-from .._windows import conv_output_size, window_max, window_max_grad
+from .._checks import check_cache, check_dout, check_float_array, check_int, check_is_array, check_keys, dtype_str
+from .._windows import conv_output_size, window_max, window_max_grad, window_mean, window_mean_grad
 from ..backends import namespace
 
-__all__ = ["max_pool_forward", "max_pool_backward", "MaxPoolCache", "POOL_PARAM_KEYS"]
+__all__ = ["max_pool_forward", "max_pool_backward", "MaxPoolCache", "avg_pool_forward", "avg_pool_backward",
+           "AvgPoolCache", "POOL_PARAM_KEYS"]
 
 #: The keys pool_param holds, all required (any other, e.g. 'pad', is a ValueError).
 POOL_PARAM_KEYS = ("pool_height", "pool_width", "stride")
@@ -55,10 +62,7 @@ def max_pool_forward(x, pool_param):
               geometry and the (N, C, H', W') small-integer offset of each
               window's first maximum)
     """
-    xp = namespace(x)
-    ph, pw, stride = _check_pool(xp, x, pool_param)
-    N, C, H, W = x.shape
-    Ho, Wo = conv_output_size(H, ph, stride), conv_output_size(W, pw, stride)
+    ph, pw, stride, Ho, Wo = _pool_geometry(x, pool_param)
     out, arg = window_max(x, ph, pw, stride, Ho, Wo)
     return out, MaxPoolCache(x_shape=tuple(x.shape), dtype=x.dtype, argmax=arg,
                              pool_height=ph, pool_width=pw, stride=stride)
@@ -86,6 +90,61 @@ def max_pool_backward(dout, cache):
                         f"got {dtype_str(dout.dtype)}")
     height, width = cache.x_shape[2], cache.x_shape[3]
     return window_max_grad(dout, arg, cache.pool_height, cache.pool_width, cache.stride, height, width)
+
+
+class AvgPoolCache(NamedTuple):
+    """What avg_pool_backward needs from avg_pool_forward (no arrays: the mean's
+    gradient depends on the geometry only)."""
+
+    x_shape: tuple  # (N, C, H, W) of the forward's input
+    dtype: Any  # the forward's dtype (dout must match)
+    out_shape: tuple  # (N, C, H', W') of the forward's output
+    pool_height: int
+    pool_width: int
+    stride: int
+
+
+def avg_pool_forward(x, pool_param):
+    """Average pooling over pool_height x pool_width windows, no padding.
+
+    Inputs
+      x : (N, C, H, W) float32/float64
+      pool_param : dict with 'pool_height', 'pool_width', 'stride' (ints >= 1), no
+                   other key (a ValueError)
+    Returns
+      out   : (N, C, H', W'), x's dtype, the mean of each window,
+              H' = 1 + (H - pool_height) // stride, W' = 1 + (W - pool_width) // stride
+      cache : AvgPoolCache for avg_pool_backward (x's shape and dtype, the output
+              shape and the window geometry)
+    """
+    ph, pw, stride, Ho, Wo = _pool_geometry(x, pool_param)
+    out = window_mean(x, ph, pw, stride, Ho, Wo)
+    return out, AvgPoolCache(x_shape=tuple(x.shape), dtype=x.dtype, out_shape=tuple(x.shape[:2]) + (Ho, Wo),
+                             pool_height=ph, pool_width=pw, stride=stride)
+
+
+def avg_pool_backward(dout, cache):
+    """Backward pass of avg_pool_forward.
+
+    Inputs
+      dout  : (N, C, H', W'), the forward's dtype
+      cache : AvgPoolCache from avg_pool_forward
+    Returns
+      dx : (N, C, H, W), dout's dtype; each window's dout / (pool_height*pool_width)
+           lands on every element of the window, overlapping windows accumulate,
+           elements no window covers get zero.
+    """
+    check_cache(cache, "avg_pool_backward", AvgPoolCache, "avg_pool_forward")
+    check_dout(dout, "avg_pool_backward", cache.out_shape, cache.dtype)
+    height, width = cache.x_shape[2], cache.x_shape[3]
+    return window_mean_grad(dout, cache.pool_height, cache.pool_width, cache.stride, height, width)
+
+
+def _pool_geometry(x, pool_param):
+    """The checked window (pool_height, pool_width, stride) and the output's H', W'."""
+    ph, pw, stride = _check_pool(namespace(x), x, pool_param)
+    H, W = x.shape[2], x.shape[3]
+    return ph, pw, stride, conv_output_size(H, ph, stride), conv_output_size(W, pw, stride)
 
 
 def _check_pool(xp, x, pool_param):
