@@ -24,6 +24,7 @@ import difflib
 import math
 import operator
 
+import array_api_compat as aac
 import numpy as np
 
 from .backends import backend_of, namespace
@@ -169,13 +170,17 @@ def check_cache(cache, fn: str, cls: type, forward: str):
         raise TypeError(f"{fn}: cache must be what {forward} returned, got {type(cache).__name__}")
 
 
-def check_dout(dout, fn: str, shape: tuple, dtype=None, *beside):
+def check_dout(dout, fn: str, shape: tuple, dtype=None, *beside, origin=None):
     """A backward's upstream gradient: an array of the cached arrays' (``beside``)
     backend and device, of exactly the forward output's ``shape`` and, unless
     ``dtype`` is None, of the forward's dtype (so it cannot broadcast, or promote
-    the cached arrays). Shapes and dtypes only: no device sync. Returns the namespace."""
+    the cached arrays). A cache without arrays passes ``origin`` = the forward's
+    (namespace, device) instead. Shapes and dtypes only: no device sync. Returns
+    the namespace."""
     check_is_array(dout, f"{fn}: dout")
     xp = namespace(dout, *beside)
+    if origin is not None:
+        _check_origin(dout, xp, fn, origin)
     if tuple(dout.shape) != tuple(shape):
         raise ValueError(f"{fn}: dout: expected shape {tuple(shape)} (the forward's output), "
                          f"got {tuple(dout.shape)}")
@@ -183,6 +188,21 @@ def check_dout(dout, fn: str, shape: tuple, dtype=None, *beside):
         raise TypeError(f"{fn}: dout: expected dtype {dtype_str(dtype)} (the forward's dtype), "
                         f"got {dtype_str(dout.dtype)}")
     return xp
+
+
+def array_origin(xp, x):
+    """(namespace, device) of x, for caches that hold no array (see check_dout)."""
+    return xp, aac.device(x)
+
+
+def _check_origin(dout, xp, fn, origin):
+    want_xp, want_dev = origin
+    if xp is not want_xp:
+        raise TypeError(f"{fn}: dout: expected an array of the forward's backend "
+                        f"({getattr(want_xp, '__name__', want_xp)}), got {type(dout).__module__}.{type(dout).__name__}")
+    dev = aac.device(dout)
+    if dev is not None and want_dev is not None and dev != want_dev:  # None: a tracer under jit
+        raise ValueError(f"{fn}: dout: expected an array on the forward's device {want_dev}, got one on {dev}")
 
 
 _INT_NAMES = ("int64", "int32", "int16", "int8", "uint8")

@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
+from portnn.backends import get_backend
 from portnn.layers.pool import AvgPoolCache, avg_pool_backward, avg_pool_forward, max_pool_forward
 from tests.helpers import assert_on_backend, to_np
 from tests.layer_harness import DTYPES, assert_close, check_layer
@@ -101,7 +102,7 @@ def test_cache_records_the_geometry(backend):
     out, cache = avg_pool_forward(x, pp(3, 2, 3))
     assert isinstance(cache, AvgPoolCache)
     assert cache == AvgPoolCache(x_shape=(2, 3, 8, 7), dtype=x.dtype, out_shape=(2, 3, 2, 2),
-                                 pool_height=3, pool_width=2, stride=3)
+                                 pool_height=3, pool_width=2, stride=3, origin=(backend.xp, backend.device))
     assert tuple(out.shape) == cache.out_shape
 
 
@@ -137,3 +138,20 @@ def test_bad_dout_raises(backend):
     with pytest.raises(TypeError, match=r"^avg_pool_backward: cache must be what avg_pool_forward returned, "
                                         r"got MaxPoolCache$"):
         avg_pool_backward(backend.asarray(np.ones((1, 2, 3, 3)), dtype="float64"), max_pool_forward(x, pp(2, 2, 2))[1])
+
+
+def test_dout_of_another_backend_or_device_is_refused(backend):
+    """The cache holds no array, so it records where x lived: a dout from elsewhere is
+    refused by name (it used to pass, or fail with 'expected float64, got float64')."""
+    x = backend.asarray(np.ones((1, 2, 4, 4)), dtype="float64")
+    _, cache = avg_pool_forward(x, pp(2, 2, 2))
+    other = "torch" if backend.name != "torch" else "numpy"
+    foreign = get_backend(other).asarray(np.ones((1, 2, 2, 2)), dtype="float64")
+    with pytest.raises(TypeError, match=r"^avg_pool_backward: dout: expected an array of the forward's backend"):
+        avg_pool_backward(foreign, cache)
+    if backend.name == "array_api_strict":
+        twin = get_backend("array_api_strict")
+        if twin.device == backend.device:
+            twin = get_backend("array_api_strict:device1")
+        with pytest.raises(ValueError, match=r"^avg_pool_backward: dout: expected an array on the forward's device"):
+            avg_pool_backward(twin.asarray(np.ones((1, 2, 2, 2)), dtype="float64"), cache)

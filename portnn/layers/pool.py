@@ -26,7 +26,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._checks import check_cache, check_dout, check_float_array, check_int, check_is_array, check_keys, dtype_str
+from .._checks import (
+    array_origin,
+    check_cache,
+    check_dout,
+    check_float_array,
+    check_int,
+    check_is_array,
+    check_keys,
+    dtype_str,
+)
 from .._windows import conv_output_size, window_max, window_max_grad, window_mean, window_mean_grad
 from ..backends import namespace
 
@@ -102,6 +111,7 @@ class AvgPoolCache(NamedTuple):
     pool_height: int
     pool_width: int
     stride: int
+    origin: tuple  # (namespace, device) of x: dout must come from the same place
 
 
 def avg_pool_forward(x, pool_param):
@@ -120,7 +130,7 @@ def avg_pool_forward(x, pool_param):
     ph, pw, stride, Ho, Wo = _pool_geometry(x, pool_param)
     out = window_mean(x, ph, pw, stride, Ho, Wo)
     return out, AvgPoolCache(x_shape=tuple(x.shape), dtype=x.dtype, out_shape=tuple(x.shape[:2]) + (Ho, Wo),
-                             pool_height=ph, pool_width=pw, stride=stride)
+                             pool_height=ph, pool_width=pw, stride=stride, origin=array_origin(namespace(x), x))
 
 
 def avg_pool_backward(dout, cache):
@@ -135,7 +145,7 @@ def avg_pool_backward(dout, cache):
            elements no window covers get zero.
     """
     check_cache(cache, "avg_pool_backward", AvgPoolCache, "avg_pool_forward")
-    check_dout(dout, "avg_pool_backward", cache.out_shape, cache.dtype)
+    check_dout(dout, "avg_pool_backward", cache.out_shape, cache.dtype, origin=cache.origin)
     height, width = cache.x_shape[2], cache.x_shape[3]
     return window_mean_grad(dout, cache.pool_height, cache.pool_width, cache.stride, height, width)
 
