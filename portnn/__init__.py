@@ -7,7 +7,7 @@ Array API standard, so the same code trains on NumPy, CuPy and PyTorch tensors.
     >>> solver = portnn.Solver(model, data, update_rule="adam", num_epochs=5, verbose=False)
 """
 
-from . import backends, data, gradient_check, layer_utils, layers, models, optim, random, schedules
+from . import backends, blocks, data, gradient_check, layer_utils, layers, models, optim, random, schedules
 from .backends import (
     Backend,
     BackendError,
@@ -18,13 +18,13 @@ from .backends import (
     use_backend,
 )
 from .io import load, save
-from .models import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
+from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet
 from .solver import DivergenceError, Solver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "available_backends", "get_backend", "namespace", "set_backend",
-    "use_backend", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet", "Solver",
-    "DivergenceError", "save", "load", "schedules", "backends", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
+    "use_backend", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet", "Sequential", "Solver",
+    "DivergenceError", "save", "load", "schedules", "backends", "blocks", "data", "gradient_check", "layer_utils", "layers", "models", "optim", "random",
 ]

@@ -18,12 +18,12 @@ import json
 
 from ._checks import check_int, to_host
 from .checkpoint_file import load_arrays, save_arrays  # noqa: F401  (re-exported: portnn.io.load_arrays)
-from .models import FullyConnectedNet, Model, ThreeLayerConvNet, TwoLayerNet
+from .models import FullyConnectedNet, Model, Sequential, ThreeLayerConvNet, TwoLayerNet
 from .solver import Solver
 from .training_state import TrainingState
 
 # --------------------------------------------------------------------------- models and solvers
-_MODEL_CLASSES = {c.__name__: c for c in (FullyConnectedNet, TwoLayerNet, ThreeLayerConvNet)}
+_MODEL_CLASSES = {c.__name__: c for c in (FullyConnectedNet, TwoLayerNet, ThreeLayerConvNet, Sequential)}
 
 
 def save(obj, path: str) -> None:
@@ -113,7 +113,7 @@ def _build_model(path, mmeta, backend):
             config[key] = tuple(config[key])
     try:
         return cls(**config, backend=backend)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: model config does not fit {cls.__name__} ({e})") from None
 
 
@@ -141,7 +141,8 @@ def load_into(model, path: str) -> None:
 
 def _architecture(config):
     """The constructor arguments that decide which params exist and their shapes."""
-    return {k: v for k, v in config.items() if k not in ("seed", "reg", "weight_scale", "dtype", "dropout_keep_ratio")}
+    return {k: v for k, v in config.items() if k not in ("seed", "reg", "weight_scale", "weight_init", "dtype",
+                                                  "dropout_keep_ratio")}
 
 
 def _jsonable(obj):

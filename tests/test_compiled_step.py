@@ -208,7 +208,7 @@ def test_a_host_read_in_a_layer_fails_the_trace(monkeypatch, read):
     # The failed trace (after batchnorm stored traced running statistics) left the model
     # as it was: its own params, no traced value anywhere.
     assert all(model.params[k] is before[k] for k in before)
-    assert not any(isinstance(v, jax.core.Tracer) for bp in model.bn_params for v in bp.values())
+    assert not any(isinstance(v, jax.core.Tracer) for v in model.buffers().values())
     assert model._trace is None
     assert solver.iteration == 0 and solver.loss_history == []
 

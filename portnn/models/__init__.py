@@ -3,5 +3,6 @@
 from .base import Model
 from .cnn import ThreeLayerConvNet
 from .fc_net import FullyConnectedNet, TwoLayerNet
+from .sequential import BlockModel, Sequential
 
-__all__ = ["Model", "FullyConnectedNet", "TwoLayerNet", "ThreeLayerConvNet"]
+__all__ = ["Model", "BlockModel", "Sequential", "FullyConnectedNet", "TwoLayerNet", "ThreeLayerConvNet"]
