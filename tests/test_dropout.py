@@ -64,3 +64,22 @@ def test_bad_keep_probability(backend, p):
 def test_bad_mode(backend):
     with pytest.raises(ValueError, match="mode"):
         dropout_forward(put(backend, np.ones((2, 2))), {"p": 0.5, "mode": "eval"})
+
+
+@pytest.mark.parametrize("mode, p", [("test", 0.5), ("train", 1.0)])
+def test_maskless_backward_refuses_a_dout_of_another_backend_or_device(backend, mode, p):
+    """Test mode (and p = 1) keep no mask, so the cache records where x lived: a dout
+    from another backend or device is refused by name instead of passing through."""
+    x = backend.asarray(np.ones((2, 3)), dtype="float64")
+    _, cache = dropout_forward(x, {"p": p, "mode": mode})
+    other = "torch" if backend.name != "torch" else "numpy"
+    foreign = get_backend(other).asarray(np.ones((2, 3)), dtype="float64")
+    with pytest.raises(TypeError, match=r"^dropout_backward: dout: expected an array of the forward's backend"):
+        dropout_backward(foreign, cache)
+    if backend.name == "array_api_strict":
+        twin = get_backend("array_api_strict")
+        if twin.device == backend.device:
+            twin = get_backend("array_api_strict:device1")
+        with pytest.raises(ValueError, match=r"^dropout_backward: dout: expected an array on the forward's device"):
+            dropout_backward(twin.asarray(np.ones((2, 3)), dtype="float64"), cache)
+    assert dropout_backward(backend.asarray(np.ones((2, 3)), dtype="float64"), cache) is not None

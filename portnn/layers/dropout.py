@@ -7,7 +7,15 @@ from typing import Any, NamedTuple
 import array_api_compat as aac
 
 from .. import random as prandom
-from .._checks import check_cache, check_dict, check_dout, check_float_array, check_float_in, check_keys
+from .._checks import (
+    array_origin,
+    check_cache,
+    check_dict,
+    check_dout,
+    check_float_array,
+    check_float_in,
+    check_keys,
+)
 from ..backends import namespace
 
 __all__ = ["dropout_forward", "dropout_backward", "DropoutCache", "DROPOUT_PARAM_KEYS"]
@@ -23,6 +31,7 @@ class DropoutCache(NamedTuple):
     mask: Any  # x's shape and dtype, 1/p scale included; None in test mode or with p = 1
     shape: tuple  # the forward's output shape (x's)
     dtype: Any  # the forward's dtype (x's)
+    origin: Any  # (namespace, device) of x: without a mask the cache holds no array to check dout against
 
 
 def dropout_forward(x, dropout_param):
@@ -52,12 +61,12 @@ def dropout_forward(x, dropout_param):
     seed = dropout_param.get("seed")
     shape = tuple(x.shape)
     if mode == "test" or p == 1.0:
-        return x, DropoutCache(dropout_param, None, shape, x.dtype)
+        return x, DropoutCache(dropout_param, None, shape, x.dtype, array_origin(xp, x))
     if seed is None:
         seed = prandom.new_seed()
     keep = prandom.keep_mask(seed, shape, p, xp, aac.device(x))
     mask = xp.astype(keep, x.dtype) * (1.0 / p)
-    return x * mask, DropoutCache(dropout_param, mask, shape, x.dtype)
+    return x * mask, DropoutCache(dropout_param, mask, shape, x.dtype, None)
 
 
 def dropout_backward(dout, cache):
@@ -69,7 +78,7 @@ def dropout_backward(dout, cache):
     check_cache(cache, "dropout_backward", DropoutCache, "dropout_forward")
     mask = cache.mask
     if mask is None:
-        check_dout(dout, "dropout_backward", cache.shape, cache.dtype)
+        check_dout(dout, "dropout_backward", cache.shape, cache.dtype, origin=cache.origin)
         return dout
     check_dout(dout, "dropout_backward", cache.shape, cache.dtype, mask)
     return dout * mask
