@@ -16,16 +16,18 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 import warnings
 
+from . import arch
 from ._checks import check_float_in, check_int
 from .checkpoint_file import checkpoint_path, unwritable_reason
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 _EXIT_NOTE = ("exit status: 0 done; 1 a run-time failure (training diverged: the message names the "
-              "iteration and the remedy); 2 a bad command line (one error line, before any training); "
+              "iteration and the remedy); 2 a bad command line (an error message, before any training); "
               "130 interrupted. --debug or PORTNN_DEBUG=1 shows the full traceback of an error.")
 
 # --------------------------------------------------------------------------- argument types
@@ -75,7 +77,7 @@ _NONNEG = _int_type(0)
 # (lr, weight_scale and the cifar10 sizes have data-dependent defaults, filled later). A resumed
 # run takes them from the checkpoint so it continues exactly the same training.
 _RUN_OPTIONS = (
-    "model", "dataset", "data_dir", "num_train", "num_val", "num_test", "hidden_dims", "normalization",
+    "model", "arch", "dataset", "data_dir", "num_train", "num_val", "num_test", "hidden_dims", "normalization",
     "dropout", "num_filters", "filter_size", "hidden_dim", "update_rule", "lr", "lr_decay", "reg",
     "weight_scale", "batch_size", "dtype", "seed", "schedule", "warmup", "step_epochs", "step_gamma",
 )
@@ -86,6 +88,10 @@ _TRAIN_DEFAULTS = {
     "schedule": "none", "warmup": 0, "step_epochs": 5, "step_gamma": 0.5,
 }
 _EVAL_DEFAULTS = {"dataset": "digits", "batch_size": 500}
+# Run options that checkpoints written before them lack, and the value those runs had.
+_NEWER_OPTIONS = {"arch": None}
+# What --arch replaces: the model choice and the options of the fixed models.
+_NOT_WITH_ARCH = ("model", "hidden_dims", "normalization", "dropout", "num_filters", "filter_size", "hidden_dim")
 
 
 def _option(parser, defaults, flag, help, **kw):
@@ -124,6 +130,9 @@ def _add_model_options(t):
     g = t.add_argument_group("model")
     o = functools.partial(_option, g, _TRAIN_DEFAULTS)
     o("--model", choices=["fcn", "cnn"], help="fcn = FullyConnectedNet, cnn = ThreeLayerConvNet")
+    o("--arch", metavar="SPEC",
+      help='instead of --model: a portnn.Sequential spelled as blocks, e.g. "conv32-bn-relu pool2 gap fc10" '
+           "(the spellings are listed at the end of this help)")
     o("--hidden-dims", type=_COUNT, nargs="+", metavar="N", help="fcn: hidden layer sizes")
     o("--normalization", choices=["none", "batchnorm", "layernorm"], help="fcn: normalization layers")
     o("--dropout", type=_real_type("a drop probability in [0, 1)", 0.0, 1.0, hi_open=True),
@@ -134,7 +143,7 @@ def _add_model_options(t):
     o("--hidden-dim", type=_COUNT, help="cnn: hidden affine layer size")
     o("--weight-scale", type=_real_type("a positive finite std", 0.0, lo_open=True),
       help="std of initial weights (default on digits: 0.1 fcn, 0.05 cnn; "
-           "on cifar10, whose pixels are 0..255 minus the mean: 1e-3)")
+           "on cifar10, whose pixels are 0..255 minus the mean: 1e-3; --arch: He init, std sqrt(2 / fan_in))")
     o("--seed", type=_NONNEG, help="seeds init, dropout and batch order")
 
 
@@ -223,7 +232,8 @@ def _build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
         "train", help="train a network and report per-epoch loss/accuracy and the final test accuracy",
-        usage="%(prog)s [options]", epilog=_EXIT_NOTE,
+        usage="%(prog)s [options]", epilog=f"{arch.HELP}\n\n{textwrap.fill(_EXIT_NOTE, 100)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the --arch table keeps its columns
     )
     for add in (_add_data_options, _add_model_options, _add_optim_options, _add_run_options):
         add(t)
@@ -316,14 +326,49 @@ def _check_applicable(args, given):
                              f"not {_flag(key)} {actual}")
 
 
+def _check_arch(args):
+    """--arch: no fixed-model flag beside it, and a spec that parses (a usage error, caret
+    included, before any data is read). Keeps the spec in the canonical spelling, so a
+    resumed run compares specs rather than their spacing."""
+    _refuse_beside_arch(args, "")
+    args._arch_blocks = _parse_arch(args, args.arch, "argument --arch")
+    args.arch = arch.format_arch(args._arch_blocks)
+
+
+def _refuse_beside_arch(args, whose):
+    for dest in _NOT_WITH_ARCH:
+        if dest in args._given:
+            why = "--arch is the whole network" if dest == "model" else \
+                f"it applies to --model {_fixed_model_of(dest)} only; --arch is the whole network"
+            _error(args, f"argument {_flag(dest)}: not allowed with argument --arch{whose} ({why})")
+
+
+def _fixed_model_of(dest):
+    return next(needed for dests, key, needed in _APPLIES if key == "model" and dest in dests)
+
+
+def _parse_arch(args, spec, where):
+    try:
+        return arch.parse_arch(spec)
+    except ValueError as e:  # the message's own lines: what went wrong, the spec, the caret
+        _error(args, f"{where}: {str(e).removeprefix('arch: ')}")
+
+
 def _check_train_args(args):
     """Everything that the command line alone decides, before any file is read."""
     args._given = {k for k in _RUN_OPTIONS if getattr(args, k) is not None}
+    args._arch_blocks = None
+    if args.arch is not None:
+        _check_arch(args)
     if args.resume:
         args.resume = checkpoint_path(args.resume)  # run options: compared with the checkpoint
     else:
+        skip = ()
+        if args.arch is not None:
+            # The fixed models' options stay unset, so the checkpoint does not claim them.
+            args.model, skip = "sequential", _NOT_WITH_ARCH
         for key, value in _TRAIN_DEFAULTS.items():
-            if getattr(args, key) is None:
+            if getattr(args, key) is None and key not in skip:
                 setattr(args, key, value)
         _check_applicable(args, args._given)
         if args.dataset == "cifar10" and not args.data_dir:
@@ -399,10 +444,25 @@ def _check_outputs(args, resumed):
 # --------------------------------------------------------------------------- train
 
 
+def _wants_images(args):
+    """(C, H, W) data for the cnn, and for an --arch network with any block that needs
+    images (a spec that starts with fc but has a conv later is refused by Sequential,
+    naming the block, rather than guessed at); flattened features otherwise."""
+    if args.model != "sequential":
+        return args.model == "cnn"
+    from .blocks import AvgPool, Conv, GlobalAvgPool, GroupNorm, MaxPool, Residual
+
+    def any_image(chain):
+        return any(isinstance(b, (Conv, MaxPool, AvgPool, GlobalAvgPool, GroupNorm))
+                   or (isinstance(b, Residual) and any_image(b.blocks)) for b in chain)
+
+    return any_image(args._arch_blocks)
+
+
 def _load_data(args):
     from .data import load_cifar10, load_digits
 
-    cnn = args.model == "cnn"
+    cnn = _wants_images(args)
     if args.dataset == "digits":
         return load_digits(dtype=args.dtype, flatten=not cnn)
     if not args.data_dir:
@@ -429,10 +489,30 @@ def _weight_scale(args, digits_default):
     return digits_default if args.dataset == "digits" else 1e-3
 
 
+def _build_sequential(args, data, num_classes):
+    from .models import Sequential
+
+    spec = args._arch_blocks
+    try:
+        model = Sequential(spec, input_dim=tuple(data["X_train"].shape[1:]), reg=args.reg,
+                           weight_init="he" if args.weight_scale is None else args.weight_scale,
+                           dtype=args.dtype, seed=args.seed, backend=args.backend)
+    except ValueError as e:  # a block that does not fit its input: Sequential names it
+        message = str(e).replace("Affine(num_classes)", f"fc{num_classes}")  # in the spec's words
+        _error(args, f"argument --arch: {message.replace('Residual(..., projection=True)', 'resproj( ... )')}")
+    if model.num_classes != num_classes:
+        _error(args, f"argument --arch: the network ends with {model.num_classes} outputs "
+                     f"({arch.format_arch(spec[-1:])}) but {args.dataset} has {num_classes} classes; "
+                     f"end it with fc{num_classes}")
+    return model
+
+
 def _build_model(args, data):
     from .models import FullyConnectedNet, ThreeLayerConvNet
 
     num_classes = int(data["y_train"].max()) + 1
+    if args.model == "sequential":
+        return _build_sequential(args, data, num_classes)
     common = dict(num_classes=num_classes, reg=args.reg, dtype=args.dtype, seed=args.seed, backend=args.backend)
     if args.model == "cnn":
         return ThreeLayerConvNet(
@@ -514,10 +594,13 @@ def _read_resumed(args, comm):
         else:  # only rank 0 needs to see the file
             meta = comm.run_on_root(lambda: io.load_arrays(args.resume)[1])
         resumed = meta["solver"]
-        saved = {k: resumed["metadata"]["cli"][k] for k in _RUN_OPTIONS}
+        cli = resumed["metadata"]["cli"]
+        saved = {k: cli.get(k, _NEWER_OPTIONS[k]) if k in _NEWER_OPTIONS else cli[k] for k in _RUN_OPTIONS}
         resumed["epoch"], resumed["num_epochs"] = int(resumed["epoch"]), int(resumed["num_epochs"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         _error(args, f"argument --resume: {args.resume}: not a checkpoint written by 'portnn train' ({e})")
+    if saved["arch"] is not None:
+        _refuse_beside_arch(args, f" of {args.resume}")
     differ = [k for k in sorted(args._given - {"data_dir"}, key=_RUN_OPTIONS.index)
               if getattr(args, k) != saved[k]]
     if differ:
@@ -535,6 +618,8 @@ def _apply_resume(args, comm):
         if key != "data_dir" or "data_dir" not in args._given:
             setattr(args, key, saved[key])
     _check_applicable(args, args._given & {"data_dir"})
+    if args.arch is not None:  # the data's shape depends on it (the model comes from the checkpoint)
+        args._arch_blocks = _parse_arch(args, args.arch, f"argument --resume: {args.resume}: its --arch")
     epoch = resumed["epoch"]
     if args.epochs is None:
         args.epochs = resumed["num_epochs"]
@@ -546,7 +631,8 @@ def _apply_resume(args, comm):
     return resumed
 
 
-def _print_header(args, data, backend, comm, resumed):
+def _print_header(args, data, backend, comm, resumed, model):
+    """The run in one line, then the model's blocks (rank 0, unless --quiet)."""
     n = data["X_train"].shape[0]
     print(
         f"portnn: {args.model} on {args.dataset} ({n} train / {data['X_val'].shape[0]} val / "
@@ -555,6 +641,7 @@ def _print_header(args, data, backend, comm, resumed):
         + (f", {comm.size} processes ({comm.name}), batch {args.batch_size} per process"
            if comm is not None else "")
     )
+    model.summary()
 
 
 def _make_solver(args, data, backend, comm, resumed):
@@ -605,9 +692,11 @@ def _cmd_train(args, comm):
         args.lr = 5e-3 if args.dataset == "digits" else 1e-3
     old_checkpoints = _check_outputs(args, resumed) if args._root else []
     data = _load_data(args)
-    if not args.quiet and args._root:
-        _print_header(args, data, backend, comm, resumed)
     solver = _make_solver(args, data, backend, comm, resumed)
+    # After the model is built: the summary shows it, and a network that does not fit
+    # the data is refused before anything is printed.
+    if not args.quiet and args._root:
+        _print_header(args, data, backend, comm, resumed, solver.model)
     for path in old_checkpoints:  # --overwrite
         for name in (path, path + ".json"):
             if os.path.exists(name):

@@ -3,8 +3,8 @@
 - ``plot_history(solver, path)``: loss per iteration (with a moving average) and
   train / validation accuracy per epoch.
 - ``plot_first_layer(model, path)``: the first layer's weights as a grid of small
-  images (FullyConnectedNet: columns of W1 reshaped to the input image; conv nets:
-  the filters of W1).
+  images (dense first layers: columns of W1 (Sequential: 0.W) reshaped to the input
+  image; conv nets: the filters).
 - ``plot_training(solver, path)``: both in one figure (what ``portnn train --plot`` writes).
 """
 
@@ -62,13 +62,20 @@ def _draw_accuracy(ax, solver):
     ax.grid(alpha=0.3)
 
 
+def first_layer_name(model):
+    """The first weight the model's input meets (W1; "0.W" in a Sequential)."""
+    return model._weight_names()[0]
+
+
 def first_layer_images(model):
-    """W1 as a stack of images (K, H, W) or (K, H, W, 3) on the host, each scaled to [0, 1]."""
-    w = model.backend.to_numpy(model.params["W1"]).astype(np.float64)
+    """The first layer's weights as a stack of images (K, H, W) or (K, H, W, 3) on the
+    host, each scaled to [0, 1]."""
+    w = model.backend.to_numpy(model.params[first_layer_name(model)]).astype(np.float64)
     if w.ndim == 4:  # conv filters (F, C, HH, WW)
         imgs = np.transpose(w, (0, 2, 3, 1))
     else:  # affine (D, H1): one image per hidden unit, shaped like the input
-        shape = getattr(model, "image_shape", None) or _guess_image_shape(w.shape[0])
+        image = tuple(model.input_shape) if len(model.input_shape) == 3 else None
+        shape = getattr(model, "image_shape", None) or image or _guess_image_shape(w.shape[0])
         imgs = np.transpose(w).reshape((w.shape[1],) + shape)
         if len(shape) == 3:
             imgs = np.transpose(imgs, (0, 2, 3, 1))
@@ -131,7 +138,7 @@ def plot_first_layer(model, path, max_images=64):
     plt = _pyplot()
     fig = plt.figure(figsize=(6, 6))
     spec = fig.add_gridspec(1, 1)[0]
-    _draw_grid(fig, spec, first_layer_images(model), f"First-layer weights (W1, {type(model).__name__})",
+    _draw_grid(fig, spec, first_layer_images(model), f"First-layer weights ({first_layer_name(model)}, {type(model).__name__})",
                max_images)
     return _save(plt, fig, path)
 
@@ -143,6 +150,6 @@ def plot_training(solver, path, max_images=36):
     gs = fig.add_gridspec(1, 3, width_ratios=[1.2, 1.0, 0.8])
     _draw_loss(fig.add_subplot(gs[0]), solver)
     _draw_accuracy(fig.add_subplot(gs[1]), solver)
-    _draw_grid(fig, gs[2], first_layer_images(solver.model), "First-layer weights (W1)", max_images)
+    _draw_grid(fig, gs[2], first_layer_images(solver.model), f"First-layer weights ({first_layer_name(solver.model)})", max_images)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
     return _save(plt, fig, path)

@@ -21,7 +21,7 @@ LEVELS = {
     "random": 2, "_windows": 2,
     "layers": 3, "optim": 3, "schedules": 3,
     "layer_utils": 4, "blocks": 4, "data": 4,
-    "models": 5, "distributed": 5, "training_state": 5,
+    "models": 5, "distributed": 5, "training_state": 5, "arch": 5,
     "solver": 6,
     "io": 7, "gradient_check": 7, "plot": 7, "selftest": 7,
     "cli": 8, "__main__": 9, "__init__": 10,
@@ -29,7 +29,7 @@ LEVELS = {
 
 # random is not listed: its host generators use NumPy by design (seeded init on the host);
 # its device-side generator takes the namespace of the arrays it is given.
-COMPUTE_PATH = ("_windows", "layers", "layer_utils", "blocks", "optim", "models", "solver", "training_state", "schedules")
+COMPUTE_PATH = ("_windows", "layers", "layer_utils", "blocks", "optim", "models", "solver", "training_state", "schedules", "arch")
 
 
 def _top(module_path: pathlib.Path) -> str:

@@ -146,3 +146,17 @@ def test_cli_plot_save_eval_and_resume(tmp_path):
     assert f"test acc {test_acc}" in ev
     out2 = run("train", "--resume", f"{ck}_epoch_2.npz", "--epochs", "3")
     assert "resuming" in out2 and "(Epoch 3 / 3)" in out2
+
+
+def test_first_layer_images_of_a_sequential():
+    """--plot draws the first weight the input meets: "0.W" in a Sequential (it used to
+    read params["W1"], a KeyError for any Sequential)."""
+    from portnn import plot
+    from portnn.blocks import Affine, Conv, ReLU
+
+    conv = portnn.Sequential([Conv(5, 3), ReLU(), Affine(10)], input_dim=(1, 8, 8), seed=0)
+    assert plot.first_layer_name(conv) == "0.W"
+    assert plot.first_layer_images(conv).shape == (5, 3, 3)
+    dense = portnn.Sequential([Affine(7), ReLU(), Affine(10)], input_dim=(1, 8, 8), seed=0)
+    imgs = plot.first_layer_images(dense)
+    assert imgs.shape == (7, 8, 8) and imgs.min() >= 0 and imgs.max() <= 1

@@ -53,6 +53,10 @@ class BlockModel(Model):
         mode = "test" if y is None else "train"
         if mode == "test":
             self._check_running_stats()  # a few dict look-ups, no device work
+        if len(self.input_shape) == 1 and X.ndim != 2:
+            # (N, d1, ..., dk) features (Model._check_inputs accepts them): as (N, D), so a
+            # first block other than Affine (BatchNorm, LayerNorm) sees the input shape it was built for.
+            X = self.backend.xp.reshape(X, (X.shape[0], self.input_shape[0]))
         run = Run(mode, self.params, self._buffers, self._dropout_seed)
         scores, caches = chain_forward(self.blocks, X, run)
         if y is None:
