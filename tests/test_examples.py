@@ -28,7 +28,7 @@ except ImportError:
     HAVE_TORCH = False
 
 # Every example runs on numpy. Those about backends, layers, training and checkpoints
-# (01-04, 07, 08) also run on torch when it is installed; 05 (data loading) and 06 (the
+# (01-04, 07-09) also run on torch when it is installed; 05 (data loading) and 06 (the
 # GPU fallback) do not depend on the CPU backend.
 BACKENDS = ["numpy", "torch"] if HAVE_TORCH else ["numpy"]
 
@@ -90,7 +90,8 @@ def test_torch_runs_are_included():
 
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 TESTED = {"01_backends.py", "02_layers_by_hand.py", "03_fcn_digits.py", "04_cnn_digits.py",
-          "05_cifar10.py", "06_gpu_cupy.py", "07_save_load_resume.py", "08_schedules_callbacks.py"}
+          "05_cifar10.py", "06_gpu_cupy.py", "07_save_load_resume.py", "08_schedules_callbacks.py",
+          "09_resnet.py"}
 
 
 def test_every_example_is_tested_here_and_listed_in_the_docs():
@@ -211,3 +212,27 @@ def test_08_schedules_callbacks(tmp_path):
         first, peak = (figure(p, out) for p in (r"first ([\d.e+-]+),", r"peak ([\d.e+-]+),"))
         assert first < peak == pytest.approx(5e-3)  # the warm-up ramps up to the base rate
         assert figure(r"^test acc ([\d.]+)", out) > 0.8
+
+
+def test_09_resnet(tmp_path):
+    for backend, out in run_on_backends("09_resnet.py", "--quick", cwd=tmp_path).items():
+        assert "Residual(projection=True)" in out and "5.proj" in out, out  # model.summary()
+        assert re.search(r"^parameters: [\d,]+ in 24 arrays \(7 regularised\); buffers: 336$", out, re.M), out
+        assert len(re.findall(r"^\(Epoch [123] / 3\)", out, re.M)) == 3, out  # batchnorm: no epoch 0 line
+        # 3 epochs on 600 images: ~0.89 val / 0.96 test (chance 0.1)
+        assert figure(r"^val acc ([\d.]+)", out) > 0.7 and figure(r" test acc ([\d.]+)", out) > 0.7, backend
+
+
+def test_09_resnet_cifar10(tmp_path):
+    from tests.test_data import _write_cifar
+
+    (out,) = run_examples(("09_resnet.py", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")),
+                          cwd=tmp_path)
+    assert "skipping this example" in out and "cifar-10-python.tar.gz" in out
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder, sizes=(10, 10, 10, 10, 10), n_test=10)  # the real format, random pixels
+    (out,) = run_examples(("09_resnet.py", "--dataset", "cifar10", "--data-dir", str(folder), "--num-train", "40",
+                           "--num-val", "10", "--num-test", "10", "--epochs", "1", "--batch-size", "20"),
+                          cwd=tmp_path)
+    assert "X_train (40, 3, 32, 32)" in out and "(48, 16, 16)" in out, out  # stride 2 halves 32x32
+    assert 0.0 <= figure(r" test acc ([\d.]+)", out) <= 1.0  # random labels: any accuracy will do
