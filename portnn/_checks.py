@@ -279,7 +279,8 @@ def check_keys(params, name: str, accepted) -> None:
         if not near and key == "lr" and "learning_rate" in accepted:
             near = ["learning_rate"]
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"{name}: unknown key {key!r}{hint} (accepted: {', '.join(map(repr, accepted))})")
+        listed = ", ".join(map(repr, accepted)) if accepted else "none"
+        raise ValueError(f"{name}: unknown key {key!r}{hint} (accepted: {listed})")
 
 
 def check_dict(value, name: str, expected: str, allow_none: bool = False) -> dict:

@@ -41,7 +41,7 @@ import inspect
 import math
 
 from . import layers as L
-from ._checks import check_bool, check_float_in, check_positive_int
+from ._checks import check_bool, check_float_in, check_keys, check_positive_int
 from .backends import namespace
 
 __all__ = [
@@ -480,12 +480,14 @@ def block_from_config(config, where="block"):
                          f"got {got!r}")
     args = {k: v for k, v in config.items() if k != "block"}
     cls = BLOCK_TYPES[config["block"]]
+    # Unknown keys by name, with a did-you-mean (a typo in a hand-edited manifest).
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "blocks")]
+    check_keys(args, f"{where} ({cls.__name__})", accepted + (["blocks"] if cls is Residual else []))
     if cls is Residual:
-        inner = args.pop("blocks", [])
-        return Residual(*[block_from_config(b, f"{where}.blocks[{i}]") for i, b in enumerate(inner)], **args)
+        inner = [block_from_config(b, f"{where}.blocks[{i}]") for i, b in enumerate(args.pop("blocks", []))]
     try:
-        return cls(**args)
-    except TypeError as e:
+        return Residual(*inner, **args) if cls is Residual else cls(**args)
+    except TypeError as e:  # a required argument missing
         raise ValueError(f"{where}: {e}") from None
 
 

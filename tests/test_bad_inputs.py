@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import portnn
+from portnn import blocks as B
 from portnn import layers as L
 from portnn import optim
 from portnn.backends import BackendError, get_backend
@@ -936,6 +937,186 @@ def _(be):
 def _(be):
     m = _fcn(be, normalization="batchnorm")
     return (lambda: m.predict(np.ones((3, 4)))), _params_snapshot(m)
+
+
+# ---------------------------------------------------------------- Sequential and portnn.blocks
+def _seq(be, blocks, input_dim=(1, 6, 6), **kw):
+    return portnn.Sequential(blocks if blocks is not None else [B.Affine(3)], input_dim=input_dim, seed=0,
+                             dtype="float64", backend=be, **kw)
+
+
+@row("sequential.conv_on_features", ValueError,
+     r"block 0 \(Conv\(2, 3\)\) does not fit input shape \(6,\): expects images \(C, H, W\), got per-sample "
+     r"shape \(6,\)")
+def _(be): _seq(be, [B.Conv(2, 3), B.Affine(3)], input_dim=6)
+
+
+@row("sequential.pool_larger_than_input", ValueError,
+     r"block 1 \(MaxPool\(3\)\) does not fit input shape \(2, 2, 2\): the 3x3 window is larger than the input 2x2")
+def _(be): _seq(be, [B.Conv(2, 3), B.MaxPool(3), B.Affine(3)], input_dim=(1, 2, 2))
+
+
+@row("sequential.conv_filter_too_large", ValueError,
+     r"block 0 \(Conv\(2, 9, pad=0\)\) does not fit input shape \(1, 6, 6\): the 9x9 filter is larger than the "
+     r"padded input 6x6")
+def _(be): _seq(be, [B.Conv(2, 9, pad=0), B.Affine(3)])
+
+
+@row("sequential.groupnorm_groups_not_dividing", ValueError,
+     r"block 1 \(GroupNorm\(2\)\) does not fit input shape \(3, 6, 6\): groups=2 does not divide the 3 channels")
+def _(be): _seq(be, [B.Conv(3, 3), B.GroupNorm(2), B.Affine(3)])
+
+
+@row("sequential.residual_shape_change", ValueError,
+     r"block 1 \(Residual\(Conv\(3, 3\), ReLU\(\)\)\) does not fit input shape \(2, 6, 6\): its blocks map "
+     r"\(2, 6, 6\) to \(3, 6, 6\): x \+ f\(x\) needs the same shape \(use Residual\(\.\.\., projection=True\)")
+def _(be): _seq(be, [B.Conv(2, 3), B.Residual(B.Conv(3, 3), B.ReLU()), B.Affine(3)])
+
+
+@row("sequential.nested_residual_names_path", ValueError,
+     r"block 0\.1 \(Residual\(Affine\(4\)\)\) does not fit input shape \(3,\): its blocks map \(3,\) to \(4,\)")
+def _(be): _seq(be, [B.Residual(B.Affine(3), B.Residual(B.Affine(4))), B.Affine(3)], input_dim=3)
+
+
+@row("sequential.no_projection_possible", ValueError,
+     r"block 0 \(Residual\(Flatten\(\), projection=True\)\) does not fit input shape \(1, 6, 6\): no 1x1 "
+     r"projection maps \(1, 6, 6\) to \(36,\)")
+def _(be): _seq(be, [B.Residual(B.Flatten(), projection=True), B.Affine(3)])
+
+
+@row("sequential.not_ending_in_scores", ValueError,
+     r"Sequential: the last block must give class scores \(num_classes,\), got per-sample shape \(2, 6, 6\); "
+     r"end with Affine\(num_classes\)")
+def _(be): _seq(be, [B.Conv(2, 3)])
+
+
+@row("sequential.weight_init_name", ValueError, r"weight_init: expected 'he' or a positive number, got 'xavier'")
+def _(be): _seq(be, None, weight_init="xavier")
+
+
+@row("sequential.weight_init_zero", ValueError, r"weight_init: expected a value in \(0.0, inf\], got 0")
+def _(be): _seq(be, None, weight_init=0)
+
+
+@row("sequential.loss_unknown", ValueError, r"loss: expected one of \['softmax', 'svm'\], got 'mse'")
+def _(be): _seq(be, None, loss="mse")
+
+
+@row("sequential.blocks_empty", ValueError, r"blocks: expected at least one block")
+def _(be): _seq(be, [])
+
+
+@row("sequential.blocks_not_a_list", TypeError, r"blocks: expected a list of blocks, got Affine")
+def _(be): _seq(be, B.Affine(3))
+
+
+@row("sequential.block_not_a_block", TypeError,
+     r"blocks\[1\]: expected a portnn block \(e\.g\. portnn\.blocks\.Conv\(32, 3\)\), got int")
+def _(be): _seq(be, [B.Flatten(), 3])
+
+
+@row("sequential.unknown_block_config", ValueError,
+     r"blocks\[0\]: expected a block config \{'block': one of \['Affine', 'AvgPool', .*\], \.\.\.\}, got 'Dense'")
+def _(be): _seq(be, [{"block": "Dense", "out_dim": 3}])
+
+
+@row("sequential.block_config_bad_argument", ValueError,
+     r"blocks\[0\]\.blocks\[0\] \(Affine\): unknown key 'out'; did you mean 'out_dim'\? \(accepted: 'out_dim'\)")
+def _(be): _seq(be, [{"block": "Residual", "blocks": [{"block": "Affine", "out": 3}]}, {"block": "Affine", "out_dim": 3}],
+                input_dim=3)
+
+
+@row("sequential.residual_config_unknown_key", ValueError,
+     r"blocks\[0\] \(Residual\): unknown key 'proj' \(accepted: 'projection', 'blocks'\)")
+def _(be): _seq(be, [{"block": "Residual", "blocks": [{"block": "ReLU"}], "proj": True}, B.Affine(3)], input_dim=3)
+
+
+@row("sequential.input_dim_rank", ValueError, r"input_dim: expected \(C, H, W\) or a feature count D, got \(1, 4\)")
+def _(be): _seq(be, None, input_dim=(1, 4))
+
+
+@row("sequential.wrong_image_shape", ValueError, r"X: expected shape \(N, 1, 6, 6\), got \(2, 1, 5, 5\)")
+def _(be): _seq(be, [B.Conv(2, 3), B.Affine(3)]).loss(A(be, 2, 1, 5, 5))
+
+
+def _seq_bn(be):
+    return _seq(be, [B.Conv(2, 3), B.BatchNorm(), B.ReLU(), B.Affine(3)])
+
+
+@row("sequential.load_state_buffer_shape", ValueError, r"1\.running_mean: expected shape \(2,\), got \(5,\)")
+def _(be):
+    m = _seq_bn(be)
+    m.loss(A(be, 3, 1, 6, 6), I(be, [0, 1, 2]))  # running statistics exist now
+    state = {k: to_np(v) for k, v in m.state_dict().items()}
+    state["1.running_mean"] = np.zeros(5)
+    state["0.W"] = state["0.W"] + 1.0  # a good param beside the bad buffer: must not be assigned
+    return (lambda: m.load_state_dict(state)), _params_snapshot(m)
+
+
+_SEQ_UNTRAINED = (r"Sequential: batchnorm block 1 has no running statistics yet: train the model "
+                  r"\(Solver\.train or loss\(X, y\)\) before predicting")
+
+
+@row("sequential.batchnorm_untrained_scores", ValueError, _SEQ_UNTRAINED)
+def _(be):
+    m = _seq_bn(be)
+    return (lambda: m.loss(A(be, 3, 1, 6, 6))), _params_snapshot(m)
+
+
+@row("sequential.batchnorm_untrained_predict", ValueError, _SEQ_UNTRAINED)
+def _(be):
+    m = _seq_bn(be)
+    return (lambda: m.predict(np.ones((3, 1, 6, 6)))), _params_snapshot(m)
+
+
+@row("blocks.conv_filters_zero", ValueError, r"Conv: num_filters: expected an integer >= 1, got 0")
+def _(be): B.Conv(0, 3)
+
+
+@row("blocks.conv_even_filter_same", ValueError,
+     r"Conv: pad=None means 'same', which needs an odd filter_size at stride 1, got filter_size=4; give pad "
+     r"explicitly")
+def _(be): B.Conv(8, 4)
+
+
+@row("blocks.conv_pad_negative", ValueError, r"Conv: pad: expected an integer >= 0, got -1")
+def _(be): B.Conv(2, 3, pad=-1)
+
+
+@row("blocks.affine_out_dim_float", TypeError, r"Affine: out_dim: expected an integer >= 1, got 2.5")
+def _(be): B.Affine(2.5)
+
+
+@row("blocks.dropout_keep_zero", ValueError, r"Dropout: keep_ratio: expected a value in \(0.0, 1.0\], got 0")
+def _(be): B.Dropout(0)
+
+
+@row("blocks.dropout_keep_above_one", ValueError, r"Dropout: keep_ratio: expected a value in \(0.0, 1.0\], got 1.5")
+def _(be): B.Dropout(1.5)
+
+
+@row("blocks.pool_stride_zero", ValueError, r"MaxPool: stride: expected an integer >= 1, got 0")
+def _(be): B.MaxPool(2, stride=0)
+
+
+@row("blocks.avg_pool_size_zero", ValueError, r"AvgPool: size: expected an integer >= 1, got 0")
+def _(be): B.AvgPool(0)
+
+
+@row("blocks.groupnorm_groups_zero", ValueError, r"GroupNorm: groups: expected an integer >= 1, got 0")
+def _(be): B.GroupNorm(0)
+
+
+@row("blocks.batchnorm_momentum", ValueError, r"BatchNorm: momentum: expected a value in \[0.0, 1.0\], got 2")
+def _(be): B.BatchNorm(momentum=2)
+
+
+@row("blocks.residual_empty", ValueError, r"Residual: expected at least one block")
+def _(be): B.Residual()
+
+
+@row("blocks.residual_projection_not_bool", TypeError, r"Residual: projection: expected True or False, got 1")
+def _(be): B.Residual(B.ReLU(), projection=1)
 
 
 # ---------------------------------------------------------------- solver

@@ -46,6 +46,8 @@ class Model:
                 v = list(v)
             elif k == "hidden_dims":
                 v = [int(h) for h in v]
+            elif k == "seed" and v is not None:
+                v = int(v)  # a NumPy integer seed is accepted, and JSON has no int64
             out[k] = v
         return out
 
