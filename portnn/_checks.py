@@ -211,7 +211,7 @@ _INT_NAMES = ("int64", "int32", "int16", "int8", "uint8")
 def check_labels(xp, y, n: int, num_classes: int, name: str = "y"):
     """Integer labels (device array) of shape (n,) with 0 <= y[i] < num_classes.
 
-    The range check is one reduction and one small device->host read.
+    The range check is two reductions and one small device->host read.
     """
     if not hasattr(y, "dtype"):
         raise TypeError(f"{name}: expected an integer array of labels, got {type(y).__name__}")
@@ -220,7 +220,8 @@ def check_labels(xp, y, n: int, num_classes: int, name: str = "y"):
     if tuple(y.shape) != (n,):
         raise ValueError(f"{name}: expected shape ({n},) to match the batch, got {tuple(y.shape)}")
     if n:
-        lo, hi = int(xp.min(y)), int(xp.max(y))
+        # min and max cross to the host together: one read (a sync on a GPU), not two.
+        lo, hi = (int(v) for v in to_host(xp.stack([xp.min(y), xp.max(y)]), name))
         _check_label_range(name, lo, hi, num_classes)
 
 
