@@ -51,7 +51,7 @@ def test_smoke_run_json_and_docs(tmp_path):
     assert meta["impls"] == impls.split(",")
     assert res["gemm"]["peak_gflops"] > 0
     (e,) = res["workloads"]
-    assert e["key"] == "W4-2x2" and e["target"] == 1.5 and e["rounds"] == 2
+    assert e["key"] == "W4-2x2" and e["target"] == 1.0 and e["rounds"] == 2
     assert e["agree"] in (True, None) and not e["errors"]
     for impl in meta["impls"]:
         t = e["times"][impl]
