@@ -78,3 +78,23 @@ def test_smoke_run_json_and_docs(tmp_path):
         except ImportError:
             return
         assert (docs / "benchmarks.png").stat().st_size > 1000
+
+
+def test_threads_table_puts_both_runs_side_by_side(tmp_path):
+    from benchmarks import threads_table as tt
+
+    def res(threads, numpy_ms, torch_ms):
+        return {"meta": {"date": "d", "cpu": "cpu", "threads": {"numpy_openblas": threads, "portnn_numpy": threads,
+                                                                 "torch": threads}},
+                "workloads": [{"key": "W1", "title": "fcn", "target": 0.9,
+                               "times": {"portnn-numpy": {"median_ms": numpy_ms}, "torch": {"median_ms": torch_ms}},
+                               "ratios": {"portnn-numpy": {"vs_reference": numpy_ms / torch_ms}}}]}
+
+    text = tt.table(res(1, 9.0, 10.0), res(2, 5.0, 5.0))
+    row = [line for line in text.splitlines() if line.startswith("| W1")][0]
+    assert row == "| W1: fcn | 9.00 | 10.00 | **0.90** | yes | 5.00 | 5.00 | **1.00** | <= 0.9 | **no** |"
+    page = tmp_path / "b.md"
+    page.write_text("# page\n")
+    tt.write_docs("first", str(page))
+    tt.write_docs("second", str(page))
+    assert page.read_text().count(tt.BEGIN) == 1 and "second" in page.read_text() and "first" not in page.read_text()
