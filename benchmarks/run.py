@@ -79,7 +79,8 @@ def _openblas_fns():
 
 
 def configure_threads(threads: int | None) -> dict:
-    """Use ``threads`` BLAS/OpenMP threads in numpy and torch (None: leave as they are).
+    """Use ``threads`` BLAS/OpenMP threads in numpy, portnn's NumPy primitives and torch
+    (None: leave as they are).
 
     Environment variables only work before the libraries load, so the running
     OpenBLAS is also set through its C API and torch through set_num_threads.
@@ -93,7 +94,12 @@ def configure_threads(threads: int | None) -> dict:
     get, set_ = _openblas_fns()
     if threads and set_ is not None:
         set_(int(threads))
-    info = {"requested": threads, "numpy_openblas": int(get()) if get is not None else None}
+    from portnn.backends import numpy_primitives  # portnn's threaded NumPy primitives
+
+    if threads:
+        numpy_primitives.set_num_threads(int(threads))
+    info = {"requested": threads, "numpy_openblas": int(get()) if get is not None else None,
+            "portnn_numpy": numpy_primitives.num_threads()}
     try:
         import torch
     except ImportError:
@@ -394,7 +400,7 @@ def run(args, log=print) -> dict:
     sel = W.select(args.only)
     log(f"portnn benchmarks ({mode}{', quick' if quick else ''}): {', '.join(w.key for w in sel)}; "
         f"impls {', '.join(impls)}; threads numpy/OpenBLAS {thread_info['numpy_openblas']}, "
-        f"torch {thread_info['torch']}")
+        f"portnn numpy primitives {thread_info['portnn_numpy']}, torch {thread_info['torch']}")
 
     gemm_n = args.gemm_n or ((1024 if quick else 2048) if mode == "cpu" else 4096)
     gemm = gemm_peak(mode, gemm_n, 3 if quick else 5) if not args.no_gemm else None
@@ -572,7 +578,8 @@ def meta_markdown(res: dict) -> str:
     lines = [
         f"- Command: `{m['command']}`, {m['date']}, host CPU: {m['cpu']} ({m['cpu_count']} CPUs)",
         f"- Threads: requested {th['requested']}; numpy/OpenBLAS reports {th['numpy_openblas']}, "
-        f"torch reports {th['torch']}. Environment: {env}",
+        f"portnn's NumPy primitives use {th.get('portnn_numpy', '-')}, torch reports {th['torch']}. "
+        f"Environment: {env}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         f"- Rounds: interleaved, {m['pause_s']} s pause on every library switch, then "
         f"{m.get('settle', 0)} untimed call(s) of the implementation right before its timed one; times are medians "

@@ -209,6 +209,7 @@ def _offset_block(stride, i, j, out_h, out_w):
     return a, b, slice(si, si + out_h), slice(sj, sj + out_w)
 
 
+@registered_primitive
 def window_max(x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
     """Max over each kh x kw window and the offset of its FIRST maximum.
 

@@ -7,6 +7,20 @@ from ._base import Backend, BackendError
 NAME = "numpy"
 
 
+def owns_namespace(xp) -> bool:
+    """Whether ``xp`` is NumPy: array-api-compat's wrapper (what portnn uses) or numpy itself."""
+    import array_api_compat.numpy as compat
+
+    return xp is compat or xp is np
+
+
+def primitives() -> dict:
+    """NumPy's threaded versions of portnn._windows primitives (backends/numpy_primitives.py)."""
+    from .numpy_primitives import PRIMITIVES
+
+    return PRIMITIVES
+
+
 def make(device=None) -> Backend:
     import array_api_compat.numpy as xp
 
