@@ -128,7 +128,10 @@ def im2col(xt, kh: int, kw: int, stride: int, out_h: int, out_w: int):
     C, n = xt.shape[0], xt.shape[1]
     rows = [window_slice(i, stride, out_h) for i in range(kh)]
     cols_ = [window_slice(j, stride, out_w) for j in range(kw)]
-    patches = xp.stack([xt[:, :, r, c] for r in rows for c in cols_], axis=0)  # (kh*kw, C, n, oh, ow)
+    # One concat of the 4-D offset slices along the channel axis: the same memory as
+    # stacking them into (kh*kw, C, n, oh, ow); torch's CUDA cat copies inputs of more
+    # than four dimensions one launch each (49 for a 7x7 filter), 4-D ones in one batch.
+    patches = xp.concat([xt[:, :, r, c] for r in rows for c in cols_], axis=0)  # (kh*kw*C, n, oh, ow)
     return xp.reshape(patches, (kh * kw * C, n * out_h * out_w))
 
 
