@@ -207,6 +207,20 @@ def test_numpy_registers_its_threaded_primitives():
         assert getattr(windows, name).reference.__module__ == "portnn._windows"
 
 
+@pytest.mark.parametrize("opt_in", ["", "1"])
+def test_numpy_column_primitives_are_registered_on_request_only(opt_in):
+    """PORTNN_NUMPY_THREADED_COLUMNS=1 adds the threaded im2col / col2im_add (not paying on
+    the benchmark VM, so off by default); read when the module loads: a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = "from portnn.backends import numpy_primitives as p; print(sorted(p.PRIMITIVES))"
+    env = dict(os.environ, PORTNN_NUMPY_THREADED_COLUMNS=opt_in)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    expected = ["window_max", "window_max_grad"] + (["col2im_add", "im2col"] if opt_in else [])
+    assert out.strip() == str(sorted(expected))
+
+
 def test_numpy_thread_count_follows_the_blas_setting(monkeypatch):
     for var in ("PORTNN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)

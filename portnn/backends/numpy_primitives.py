@@ -40,7 +40,8 @@ are pure data movement, bound by the memory system, which the second vCPU did no
 widen (two threads copying 4-32 MiB each moved 0.76-1.36x what one did): 0.97-1.05x
 on 1 thread, 0.92-1.40x per call on 2, and with them registered the conv layers and
 W5-50 ran 1-9 % SLOWER on 2 threads (W2 24.2 -> 25.1 ms, W3 37.6 -> 38.1, W5-50
-21.1 -> 22.4). They are kept here (ALL) and tested, for machines where they pay.
+21.1 -> 22.4). They are kept here (ALL), tested, and registered only on request
+(PORTNN_NUMPY_THREADED_COLUMNS=1), for machines where a measurement shows they pay.
 
 Threads: ``num_threads()`` follows the BLAS setting (``PORTNN_NUM_THREADS``, else
 ``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the CPUs available to the
@@ -63,7 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["PRIMITIVES", "ALL", "num_threads", "set_num_threads", "SMALL_BYTES", "SPLIT"]
+__all__ = ["PRIMITIVES", "ALL", "COLUMN_PRIMITIVES", "num_threads", "set_num_threads", "SMALL_BYTES", "SPLIT"]
 
 #: Calls on fewer bytes than this run in the calling thread only. On the 2-vCPU
 #: benchmark VM a second thread cost 150-250 us per max-pool call (waking a pool
@@ -459,9 +460,15 @@ def window_max_grad(dout, arg, kh: int, kw: int, stride: int, height: int, width
 ALL = {"im2col": im2col, "col2im_add": col2im_add, "window_max": window_max,
        "window_max_grad": window_max_grad}
 
+#: The column primitives, registered only with PORTNN_NUMPY_THREADED_COLUMNS=1: pure
+#: data movement bound by the memory system, which the second vCPU of the benchmark VM
+#: did not widen (1-9 % slower conv steps there, see above); a machine with more
+#: memory bandwidth per core may measure otherwise (python -m benchmarks --only W2,W3).
+COLUMN_PRIMITIVES = ("im2col", "col2im_add")
+
 #: name -> function: the ones registered for the numpy namespace, looked up by
 #: portnn._windows: those measured to pay on 2 threads and not to lose on 1 (the
-#: max-pool pair; docs/benchmarks.md). im2col and col2im_add are pure data movement
-#: bound by the memory system, which the second vCPU of the benchmark VM did not
-#: widen: they stay unregistered (kept, and tested, for machines where it does).
+#: max-pool pair; docs/benchmarks.md), plus the column pair when opted in.
 PRIMITIVES = {name: ALL[name] for name in ("window_max", "window_max_grad")}
+if os.environ.get("PORTNN_NUMPY_THREADED_COLUMNS", "") == "1":
+    PRIMITIVES.update((name, ALL[name]) for name in COLUMN_PRIMITIVES)
