@@ -63,3 +63,23 @@ def loss_of_param(model, name, X, y):
             model.params[name] = old
 
     return f
+
+
+def assert_refuses_foreign_dout(backend, backward, cache, shape, fn):
+    """``backward(dout, cache)`` refuses a float64 dout of ``shape`` from another backend
+    (TypeError) and, on array_api_strict, from the other device (ValueError), naming
+    ``fn``: for caches that keep no array to compare dout with (check_dout's origin)."""
+    import pytest
+
+    from portnn.backends import get_backend
+
+    other = "torch" if backend.name != "torch" else "numpy"
+    foreign = get_backend(other).asarray(np.ones(shape), dtype="float64")
+    with pytest.raises(TypeError, match=rf"^{fn}: dout: expected an array of the forward's backend"):
+        backward(foreign, cache)
+    if backend.name == "array_api_strict":
+        twin = get_backend("array_api_strict")
+        if twin.device == backend.device:
+            twin = get_backend("array_api_strict:device1")
+        with pytest.raises(ValueError, match=rf"^{fn}: dout: expected an array on the forward's device"):
+            backward(twin.asarray(np.ones(shape), dtype="float64"), cache)
