@@ -335,6 +335,12 @@ def _versions(mode):
             out[mod] = __import__(mod).__version__
         except Exception:  # not installed
             out[mod] = None
+    # The numpy backend's convolution: oneDNN's when the optional extra is installed
+    # (portnn/backends/onednn.py), else the portable im2col + OpenBLAS GEMM.
+    from portnn.backends import onednn
+
+    v = onednn.version()
+    out["onednn (numpy conv)"] = ".".join(map(str, v)) if v else "not installed: im2col + GEMM"
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import portnn._windows as windows
-from portnn.backends import get_backend, numpy_primitives, primitives_of
+from portnn.backends import get_backend, numpy_primitives, onednn, primitives_of
 from portnn.layers import conv_backward, conv_forward, max_pool_backward, max_pool_forward
 from tests.helpers import to_np, tolerance
 from tests.test_conv import LAYER_CASES
@@ -128,7 +128,8 @@ def test_registered_primitives_match_the_reference(backend, dtype):
     table = primitives_of(backend.xp)
     if not table:
         pytest.skip(f"{backend.name} registers no primitives (it runs the portable ones)")
-    assert set(table) <= set(REGISTRABLE)
+    # "conv2d" is a whole layer's kernel, not a _windows primitive: tests/test_onednn.py.
+    assert set(table) - {"conv2d"} <= set(REGISTRABLE)
     for name, host_args in recorded_calls():
         if name not in table:
             continue
@@ -200,9 +201,10 @@ def test_numpy_threaded_primitives_keep_ties_nans_and_signed_zeros(numpy_threads
 
 def test_numpy_registers_its_threaded_primitives():
     table = primitives_of(get_backend("numpy").xp)
-    assert table == numpy_primitives.PRIMITIVES
-    assert set(table) <= set(numpy_primitives.ALL) == set(REGISTRABLE)
+    kernel = onednn.conv2d()  # plus oneDNN's convolution when installed (tests/test_onednn.py)
+    assert table == (numpy_primitives.PRIMITIVES if kernel is None else {**numpy_primitives.PRIMITIVES, "conv2d": kernel})
     assert primitives_of(np) == table  # numpy itself, not only array-api-compat's wrapper
+    assert set(table) - {"conv2d"} <= set(numpy_primitives.ALL) == set(REGISTRABLE)
     for name in REGISTRABLE:
         assert getattr(windows, name).reference.__module__ == "portnn._windows"
 

@@ -15,10 +15,13 @@ def owns_namespace(xp) -> bool:
 
 
 def primitives() -> dict:
-    """NumPy's threaded versions of portnn._windows primitives (backends/numpy_primitives.py)."""
+    """NumPy's threaded versions of portnn._windows primitives (backends/numpy_primitives.py),
+    and "conv2d", oneDNN's convolution, when the optional extra is installed (backends/onednn.py)."""
     from .numpy_primitives import PRIMITIVES
+    from .onednn import conv2d
 
-    return PRIMITIVES
+    kernel = conv2d()
+    return PRIMITIVES if kernel is None else {**PRIMITIVES, "conv2d": kernel}
 
 
 def make(device=None) -> Backend:

@@ -23,7 +23,13 @@ Contract
                    (HH-1-pad, WW-1-pad): dx = flipped filters @ D, dw = D @ xᵀ with
                    the kernel offsets flipped back. The forward keeps no columns.
     "auto"         (default) "correlation" where it applies and F <= C (there D is
-                   no larger than x's columns), else "columns".
+                   no larger than x's columns), else "columns" -- unless the backend
+                   registered a whole-convolution kernel, "conv2d" (docs/design.md,
+                   rule 2: NumPy with the optional extra portnn[onednn] registers
+                   oneDNN's), and it applies to x and w: then forward and both
+                   backward passes are the kernel's (ConvCache.kernel; recorded as
+                   grad_algorithm "kernel"). Asking for "columns" or "correlation"
+                   always runs this module's portable code, the kernel's reference.
   A backward with need_dx=False (dw and db only) always takes the columns path.
   Both algorithms compute the same gradients and agree to rounding, not bitwise.
 
@@ -49,7 +55,7 @@ import array_api_compat as aac
 
 from .._checks import check_cache, check_float_array, check_int, check_is_array, check_keys, check_same_dtype
 from .._windows import col2im_add, conv_output_size, im2col, pad_channel_major, put
-from ..backends import namespace
+from ..backends import namespace, primitives_of
 
 __all__ = ["conv_forward", "conv_backward", "ConvCache", "MAX_COL_BYTES", "GRAD_ALGORITHMS", "CONV_PARAM_KEYS"]
 
@@ -81,7 +87,8 @@ class ConvCache(NamedTuple):
     out_w: int  # W'
     images_per_block: int  # block size of the backward's column work
     max_col_bytes: int  # the forward's memory bound, reused by the correlation path
-    grad_algorithm: str  # "columns" or "correlation" ("auto" already resolved)
+    grad_algorithm: str  # "columns", "correlation" or "kernel" ("auto" already resolved)
+    kernel: Any = None  # the backend's "conv2d" kernel that ran the forward, else None
 
 
 def conv_forward(x, w, b, conv_param=None):
@@ -118,6 +125,12 @@ def conv_forward(x, w, b, conv_param=None):
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     Ho, Wo = conv_output_size(H, HH, stride, pad), conv_output_size(W, WW, stride, pad)
+    kernel = primitives_of(xp).get("conv2d")
+    if kernel is not None and (conv_param or {}).get("grad_algorithm", "auto") == "auto" and kernel.applies(x, w):
+        out = kernel.forward(x, w, b, stride, pad)
+        return out, ConvCache(x=x, x_padded_cm=None, w=w, w_matrix=None, cols=None, stride=stride, pad=pad,
+                              out_h=Ho, out_w=Wo, images_per_block=N, max_col_bytes=max_bytes,
+                              grad_algorithm="kernel", kernel=kernel)
     # (F, C, HH, WW) -> (F, HH*WW*C): the column row order of im2col.
     w2 = xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (F, HH * WW * C))
     itemsize = xp.finfo(x.dtype).bits // 8
@@ -174,6 +187,8 @@ def conv_backward(dout, cache, need_dx=True):
         raise ValueError(f"dout: expected shape {expected} (the forward's output), "
                          f"got {tuple(dout.shape)}")
     check_same_dtype("x", x, "dout", dout)
+    if cache.kernel is not None:
+        return cache.kernel.backward(dout, x, w, cache.stride, cache.pad, need_dx)
     if need_dx and cache.grad_algorithm == "correlation":
         return _grads_by_correlation(xp, dout, cache)
     return _grads_by_columns(xp, dout, cache, need_dx)
