@@ -174,3 +174,21 @@ def test_opting_out_and_the_library_facts():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "PORTNN_ONEDNN"})
     assert out.stdout.strip() == "True"
+
+
+def test_least_recently_used_plans_are_released(monkeypatch):
+    """At most PLANS cached plans; a released plan's shape is planned again, correctly."""
+    monkeypatch.setattr(onednn, "PLANS", 2)
+    kernel = onednn.Conv2d(KERNEL.api)  # an empty cache
+
+    def grads(k):
+        (x, w, b, d), p = _inputs(k)
+        kernel.forward(x, w, b, p["stride"], p["pad"])
+        return kernel.backward(d, x, w, p["stride"], p["pad"])
+
+    first = [grads(k) for k in range(4)]
+    assert len(kernel._plans) == 2
+    again = [grads(k) for k in range(4)]
+    for g1, g2 in zip(first, again, strict=True):
+        for a, b in zip(g1, g2, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -31,10 +31,11 @@ import ctypes.util
 import os
 import sys
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["load", "Conv2d", "library_path", "version"]
+__all__ = ["load", "Conv2d", "conv2d", "library_path", "version", "OneDNNError", "PLANS"]
 
 _vp = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12
@@ -73,6 +74,10 @@ _SIGNATURES = {
     "dnnl_primitive_desc_query_md": ([_vp, ctypes.c_int, ctypes.c_int], _vp),
     "dnnl_primitive_create": ([ctypes.POINTER(_vp), _vp], ctypes.c_int),
     "dnnl_primitive_execute": ([_vp, _vp, ctypes.c_int, _vp], ctypes.c_int),
+    "dnnl_primitive_destroy": ([_vp], ctypes.c_int),
+    "dnnl_primitive_desc_destroy": ([_vp], ctypes.c_int),
+    "dnnl_memory_destroy": ([_vp], ctypes.c_int),
+    "dnnl_memory_desc_destroy": ([_vp], ctypes.c_int),
     "dnnl_reorder_primitive_desc_create": ([ctypes.POINTER(_vp), _vp, _vp, _vp, _vp, _vp], ctypes.c_int),
     "dnnl_convolution_forward_primitive_desc_create": (
         [ctypes.POINTER(_vp), _vp, ctypes.c_int, ctypes.c_int, _vp, _vp, _vp, _vp,
@@ -185,8 +190,9 @@ class _Api:
                 self._local.threads = n
         return s
 
-    def md(self, shape, strides=None):
-        """A float32 memory descriptor: explicit strides (in elements), or "any"."""
+    def md(self, shape, strides=None, owner=None):
+        """A float32 memory descriptor: explicit strides (in elements), or "any";
+        recorded in ``owner`` (a list) for _destroy."""
         m = _vp()
         dims = _Dims(*shape)
         if strides is None:
@@ -195,23 +201,37 @@ class _Api:
             st = self.lib.dnnl_memory_desc_create_with_strides(ctypes.byref(m), len(shape), dims, _F32,
                                                                _Dims(*strides))
         self.check(st, "memory descriptor")
+        if owner is not None:
+            owner.append(("memory_desc", m))
         return m
 
-    def memory(self, md):
+    def memory(self, md, owner):
         h = _vp()
         self.check(self.lib.dnnl_memory_create(ctypes.byref(h), md, self.engine, None), "dnnl_memory_create")
+        owner.append(("memory", h))
         return h
 
-    def primitive(self, pd):
+    def primitive(self, pd, owner):
         p = _vp()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "dnnl_primitive_create")
+        owner.append(("primitive", p))
         return p
 
-    def reorder(self, src_md, dst_md):
+    def reorder(self, src_md, dst_md, owner):
         pd = _vp()
         self.check(self.lib.dnnl_reorder_primitive_desc_create(ctypes.byref(pd), src_md, self.engine, dst_md,
                                                                self.engine, None), "reorder")
-        return self.primitive(pd)
+        owner.append(("primitive_desc", pd))
+        return self.primitive(pd, owner)
+
+    def destroy(self, owned):
+        """Free what md/memory/primitive/reorder recorded (primitives first)."""
+        order = ("primitive", "memory", "primitive_desc", "memory_desc")
+        for kind in order:
+            for k, h in owned:
+                if k == kind:
+                    getattr(self.lib, f"dnnl_{kind}_destroy")(h)
+        owned.clear()
 
     def execute(self, prim, stream, args):
         arr = (_ExecArg * len(args))(*[_ExecArg(k, m) for k, m in args])
@@ -234,35 +254,42 @@ class _Plan:
     ``slots``: (exec arg, query, plain shape, plain strides, "in" | "out"). A slot whose
     chosen layout is the plain one is passed straight through; otherwise an input is
     reordered into a buffer before the primitive and an output out of one after it.
-    Runs are serialised per plan (its buffers and memory objects are shared)."""
+    The buffers live with the plan (allocated once: a fresh allocation above glibc's
+    32 MiB mmap threshold costs a page fault per 4 KiB on every call), and Conv2d keeps
+    at most PLANS plans. Runs are serialised per plan: its buffers and memory objects are
+    shared, and a primitive with library-managed scratchpad is not for concurrent use."""
 
-    def __init__(self, api, pd, slots):
-        self.api, self.lock = api, threading.Lock()
-        self.prim = api.primitive(pd)
+    def __init__(self, api, pd, slots, owned):
+        self.api, self.lock, self.owned, self.released = api, threading.Lock(), owned, False
+        owned.append(("primitive_desc", pd))
+        self.prim = api.primitive(pd, owned)
         self.user, self.before, self.after, self.args, self.keep = {}, [], [], [], []
         for arg, query, shape, strides, role in slots:
-            plain = api.md(shape, strides)
-            user = api.memory(plain)
+            plain = api.md(shape, strides, owned)
+            user = api.memory(plain, owned)
             self.user[arg] = user
             chosen = plain if query is None else api.lib.dnnl_primitive_desc_query_md(pd, query, 0)
             if query is None or api.lib.dnnl_memory_desc_equal(chosen, plain):
                 self.args.append((arg, user))
                 continue
             buf = np.empty(api.lib.dnnl_memory_desc_get_size(chosen) // 4 + 1, dtype=np.float32)
-            inner = api.memory(chosen)
+            inner = api.memory(chosen, owned)
             api.check(api.lib.dnnl_memory_set_data_handle(inner, buf.ctypes.data), "set handle")
             self.keep.append(buf)
             self.args.append((arg, inner))
             if role == "in":
-                self.before.append((api.reorder(plain, chosen), [(_ARG_SRC, user), (_ARG_DST, inner)]))
+                self.before.append((api.reorder(plain, chosen, owned), [(_ARG_SRC, user), (_ARG_DST, inner)]))
             else:
-                self.after.append((api.reorder(chosen, plain), [(_ARG_SRC, inner), (_ARG_DST, user)]))
+                self.after.append((api.reorder(chosen, plain, owned), [(_ARG_SRC, inner), (_ARG_DST, user)]))
 
-    def run(self, arrays: dict):
-        """Execute on ``arrays`` (exec arg -> ndarray of the planned shape and strides)."""
+    def run(self, arrays: dict) -> bool:
+        """Execute on ``arrays`` (exec arg -> ndarray of the planned shape and strides);
+        False (nothing run) if the plan was released meanwhile."""
         api = self.api
         stream = api.stream()
         with self.lock:
+            if self.released:
+                return False
             for arg, a in arrays.items():
                 api.check(api.lib.dnnl_memory_set_data_handle(self.user[arg], a.ctypes.data), "set handle")
             for prim, args in self.before:
@@ -271,6 +298,19 @@ class _Plan:
             for prim, args in self.after:
                 api.execute(prim, stream, args)
             api.check(api.lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
+        return True
+
+    def release(self):
+        """Free the oneDNN objects and the buffers (waits for a run in progress)."""
+        with self.lock:
+            self.released = True
+            self.api.destroy(self.owned)
+            self.keep.clear()
+
+
+#: Plans Conv2d keeps (least recently used dropped): a training run needs three per
+#: conv layer and batch shape (forward, backward weights, backward data).
+PLANS = 48
 
 
 class Conv2d:
@@ -280,7 +320,7 @@ class Conv2d:
 
     def __init__(self, api):
         self.api = api
-        self._plans: dict = {}
+        self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def applies(self, x, w) -> bool:
@@ -292,22 +332,34 @@ class Conv2d:
     def _geometry(self, stride, pad):
         return _Dims(stride, stride), _Dims(0, 0), _Dims(pad, pad), _Dims(pad, pad)
 
-    def _forward_pd(self, xs, ws, os_, stride, pad):
+    def _forward_pd(self, xs, ws, os_, stride, pad, owned):
         api = self.api
         pd = _vp()
         api.check(api.lib.dnnl_convolution_forward_primitive_desc_create(
-            ctypes.byref(pd), api.engine, _FORWARD_TRAINING, _CONV_DIRECT, api.md(xs), api.md(ws),
-            api.md((ws[0],), (1,)), api.md(os_), *self._geometry(stride, pad), None), "convolution forward")
+            ctypes.byref(pd), api.engine, _FORWARD_TRAINING, _CONV_DIRECT, api.md(xs, None, owned),
+            api.md(ws, None, owned), api.md((ws[0],), (1,), owned), api.md(os_, None, owned),
+            *self._geometry(stride, pad), None), "convolution forward")
         return pd
 
-    def _plan(self, key, make):
-        plan = self._plans.get(key)
-        if plan is None:
+    def _run(self, key, make, arrays):
+        """Run the plan for ``key`` (built by ``make(owned)`` on first use) on ``arrays``."""
+        while True:
             with self._lock:
                 plan = self._plans.get(key)
                 if plan is None:
-                    plan = self._plans[key] = make()
-        return plan
+                    owned: list = []
+                    try:
+                        plan = make(owned)
+                    except BaseException:
+                        self.api.destroy(owned)
+                        raise
+                    self._plans[key] = plan
+                    while len(self._plans) > PLANS:
+                        self._plans.popitem(last=False)[1].release()
+                self._plans.move_to_end(key)
+            if plan.run(arrays):
+                return
+            # released by another thread between the lookup and the run: build it again
 
     # -- the three passes --------------------------------------------------------------
 
@@ -319,60 +371,62 @@ class Conv2d:
         F, _, HH, WW = w.shape
         out = np.empty((N, F, 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride),
                        dtype=np.float32)
-        key = ("fwd", x.shape, _strides(x), w.shape, _strides(w), stride, pad)
 
-        def make():
-            pd = self._forward_pd(x.shape, w.shape, out.shape, stride, pad)
+        def make(owned):
+            pd = self._forward_pd(x.shape, w.shape, out.shape, stride, pad, owned)
             return _Plan(self.api, pd, [
                 (_ARG_SRC, _Q_SRC, x.shape, _strides(x), "in"),
                 (_ARG_WEIGHTS, _Q_WEIGHTS, w.shape, _strides(w), "in"),
                 (_ARG_BIAS, None, b.shape, (1,), "in"),
-                (_ARG_DST, _Q_DST, out.shape, _strides(out), "out")])
+                (_ARG_DST, _Q_DST, out.shape, _strides(out), "out")], owned)
 
-        self._plan(key, make).run({_ARG_SRC: x, _ARG_WEIGHTS: w, _ARG_BIAS: b, _ARG_DST: out})
+        key = ("fwd", x.shape, _strides(x), w.shape, _strides(w), stride, pad)
+        self._run(key, make, {_ARG_SRC: x, _ARG_WEIGHTS: w, _ARG_BIAS: b, _ARG_DST: out})
         return out
 
     def backward(self, dout, x, w, stride, pad, need_dx=True):
         """(dx or None, dw, db) of forward(x, w, b, stride, pad) for upstream gradient dout."""
         dout, x, w = (a if _usable(a) else np.ascontiguousarray(a) for a in (dout, x, w))
-        api = self.api
+        api, geo = self.api, self._geometry(stride, pad)
         dw = np.empty(w.shape, dtype=np.float32)
         db = np.empty((w.shape[0],), dtype=np.float32)
-        geo = (x.shape, w.shape, dout.shape, stride, pad)
-        key = ("bwd_w", _strides(x), _strides(w), _strides(dout)) + geo
 
-        def make_weights():
+        def make_weights(owned):
             pd = _vp()
-            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad)
+            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad, owned)
+            owned.append(("primitive_desc", hint))
             api.check(api.lib.dnnl_convolution_backward_weights_primitive_desc_create(
-                ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape), api.md(w.shape),
-                api.md(db.shape, (1,)), api.md(dout.shape), *self._geometry(stride, pad), hint, None),
-                "convolution backward weights")
+                ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape, None, owned),
+                api.md(w.shape, None, owned), api.md(db.shape, (1,), owned), api.md(dout.shape, None, owned),
+                *geo, hint, None), "convolution backward weights")
             return _Plan(api, pd, [
                 (_ARG_SRC, _Q_SRC, x.shape, _strides(x), "in"),
                 (_ARG_DIFF_DST, _Q_DIFF_DST, dout.shape, _strides(dout), "in"),
                 (_ARG_DIFF_WEIGHTS, _Q_DIFF_WEIGHTS, dw.shape, _strides(dw), "out"),
-                (_ARG_DIFF_BIAS, None, db.shape, (1,), "out")])
+                (_ARG_DIFF_BIAS, None, db.shape, (1,), "out")], owned)
 
-        self._plan(key, make_weights).run({_ARG_SRC: x, _ARG_DIFF_DST: dout, _ARG_DIFF_WEIGHTS: dw,
-                                           _ARG_DIFF_BIAS: db})
+        shapes = (x.shape, w.shape, dout.shape, stride, pad)
+        self._run(("bwd_w", _strides(x), _strides(w), _strides(dout)) + shapes, make_weights,
+                  {_ARG_SRC: x, _ARG_DIFF_DST: dout, _ARG_DIFF_WEIGHTS: dw, _ARG_DIFF_BIAS: db})
         if not need_dx:
             return None, dw, db
         dx = np.empty(x.shape, dtype=np.float32)
-        key = ("bwd_d", _strides(w), _strides(dout)) + geo
 
-        def make_data():
+        def make_data(owned):
             pd = _vp()
-            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad)
+            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad, owned)
+            owned.append(("primitive_desc", hint))
             api.check(api.lib.dnnl_convolution_backward_data_primitive_desc_create(
-                ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape), api.md(w.shape),
-                api.md(dout.shape), *self._geometry(stride, pad), hint, None), "convolution backward data")
+                ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape, None, owned),
+                api.md(w.shape, None, owned), api.md(dout.shape, None, owned), *geo, hint, None),
+                "convolution backward data")
             return _Plan(api, pd, [
                 (_ARG_DIFF_DST, _Q_DIFF_DST, dout.shape, _strides(dout), "in"),
                 (_ARG_WEIGHTS, _Q_WEIGHTS, w.shape, _strides(w), "in"),
-                (_ARG_DIFF_SRC, _Q_DIFF_SRC, dx.shape, _strides(dx), "out")])
+                (_ARG_DIFF_SRC, _Q_DIFF_SRC, dx.shape, _strides(dx), "out")], owned)
 
-        self._plan(key, make_data).run({_ARG_DIFF_DST: dout, _ARG_WEIGHTS: w, _ARG_DIFF_SRC: dx})
+        self._run(("bwd_d", _strides(w), _strides(dout)) + shapes, make_data,
+                  {_ARG_DIFF_DST: dout, _ARG_WEIGHTS: w, _ARG_DIFF_SRC: dx})
         return dx, dw, db
 
 
