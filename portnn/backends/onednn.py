@@ -341,6 +341,12 @@ class Conv2d:
             *self._geometry(stride, pad), None), "convolution forward")
         return pd
 
+    def _hint(self, xs, ws, os_, stride, pad, owned):
+        """The forward descriptor a backward descriptor is created against (owned by the plan)."""
+        hint = self._forward_pd(xs, ws, os_, stride, pad, owned)
+        owned.append(("primitive_desc", hint))
+        return hint
+
     def _run(self, key, make, arrays):
         """Run the plan for ``key`` (built by ``make(owned)`` on first use) on ``arrays``."""
         while True:
@@ -392,9 +398,7 @@ class Conv2d:
         db = np.empty((w.shape[0],), dtype=np.float32)
 
         def make_weights(owned):
-            pd = _vp()
-            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad, owned)
-            owned.append(("primitive_desc", hint))
+            pd, hint = _vp(), self._hint(x.shape, w.shape, dout.shape, stride, pad, owned)
             api.check(api.lib.dnnl_convolution_backward_weights_primitive_desc_create(
                 ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape, None, owned),
                 api.md(w.shape, None, owned), api.md(db.shape, (1,), owned), api.md(dout.shape, None, owned),
@@ -413,9 +417,7 @@ class Conv2d:
         dx = np.empty(x.shape, dtype=np.float32)
 
         def make_data(owned):
-            pd = _vp()
-            hint = self._forward_pd(x.shape, w.shape, dout.shape, stride, pad, owned)
-            owned.append(("primitive_desc", hint))
+            pd, hint = _vp(), self._hint(x.shape, w.shape, dout.shape, stride, pad, owned)
             api.check(api.lib.dnnl_convolution_backward_data_primitive_desc_create(
                 ctypes.byref(pd), api.engine, _CONV_DIRECT, api.md(x.shape, None, owned),
                 api.md(w.shape, None, owned), api.md(dout.shape, None, owned), *geo, hint, None),
